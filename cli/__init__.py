@@ -1,0 +1,1 @@
+"""The `flashinfer-build` command line: thin click commands over library functions."""

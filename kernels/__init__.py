@@ -1,0 +1,1 @@
+"""Everything that runs: kernel-pack loading, validation, the scheduler, wrappers and the reference."""

@@ -1,0 +1,66 @@
+"""ctypes mirror of kernels/csrc/api.h: one Structure per C struct, field for field.
+
+tests/unit/test_abi.py compiles api.h with the host C compiler and checks every size and offset here
+against it, so the two cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+
+ABI_VERSION = 1
+
+_p = C.c_void_p
+_i32p = C.POINTER(C.c_int32)
+_f32p = C.POINTER(C.c_float)
+
+
+class WorkItem(C.Structure):
+    _fields_ = [
+        ("request", C.c_int32),
+        ("qo_begin", C.c_int32),
+        ("qo_end", C.c_int32),
+        ("kv_begin", C.c_int32),
+        ("kv_end", C.c_int32),
+        ("partial_row", C.c_int32),
+    ]
+
+
+WORK_ITEM_FIELDS = len(WorkItem._fields_)  # int32 columns of a work list tensor [n, WORK_ITEM_FIELDS]
+
+
+class AttentionParams(C.Structure):
+    _fields_ = [
+        ("q", _p), ("q_stride_n", C.c_int64), ("q_stride_h", C.c_int64), ("qo_indptr", _p),
+        ("k", _p), ("v", _p),
+        ("kv_stride_page", C.c_int64), ("kv_stride_n", C.c_int64), ("kv_stride_h", C.c_int64),
+        ("kv_indptr", _p), ("kv_indices", _p), ("kv_last_page_len", _p), ("page_size", C.c_int32),
+        ("o", _p), ("o_stride_n", C.c_int64), ("o_stride_h", C.c_int64), ("lse", _p),
+        ("work", _p), ("num_work", C.c_int32), ("partial_o", _p), ("partial_lse", _p),
+        ("batch_size", C.c_int32), ("num_qo_heads", C.c_int32), ("num_kv_heads", C.c_int32),
+        ("sm_scale", C.c_float), ("logits_soft_cap", C.c_float),
+        ("rope_scale", C.c_float), ("rope_theta", C.c_float),
+        ("k_scale", C.c_float), ("v_scale", C.c_float),
+        ("window_left", C.c_int32), ("alibi_slopes", _p), ("custom_mask", _p), ("mask_indptr", _p),
+    ]
+
+
+class MergeParams(C.Structure):
+    _fields_ = [
+        ("partial_o", _p), ("partial_lse", _p), ("merge_indptr", _p), ("merge_indices", _p),
+        ("o", _p), ("o_stride_n", C.c_int64), ("o_stride_h", C.c_int64), ("lse", _p),
+        ("num_rows", C.c_int32), ("num_heads", C.c_int32), ("head_dim", C.c_int32),
+    ]
+
+
+class KernelInfo(C.Structure):
+    _fields_ = [
+        ("abi_version", C.c_int32), ("cta_tile_q", C.c_int32), ("cta_tile_kv", C.c_int32),
+        ("num_threads", C.c_int32), ("smem_bytes", C.c_int32), ("ctas_per_sm", C.c_int32),
+    ]
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name, _ in self._fields_}
+
+
+PARAMS_FOR_FAMILY = {"decode": AttentionParams, "prefill": AttentionParams, "merge": MergeParams}

@@ -1,0 +1,1 @@
+"""Toolchain discovery, source generation, ninja builds, the cache and wheel assembly."""
