@@ -157,13 +157,13 @@ def discover_packs(search: list[Path] | None = None) -> list[KernelPack]:
     return [KernelPack(d) for d in dict.fromkeys(p.resolve() for p in search)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _packs_for_device(capability: tuple[int, int]) -> tuple[KernelPack, ...]:
     packs = [p for p in discover_packs() if p.fits(capability)]
     return tuple(sorted(packs, key=lambda p: ARCH_PREFERENCE.index(p.arch)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def find_kernel(variant: Variant, capability: tuple[int, int]) -> CompiledVariant:
     """The compiled form of `variant` (its arch is replaced by each pack's) from the pack that best fits
     a GPU of compute capability `capability`."""

@@ -53,7 +53,9 @@ def attention(
         alibi_slopes=alibi_slopes.to(q.device) if alibi_slopes is not None else None,
         soft_cap=soft_cap,
     )
-    keep = hooks.mask_keep(mask, q_len, kv_len, window_left=window_left, custom_mask=custom_mask, device=q.device)
+    keep = hooks.mask_keep(
+        mask, q_len, kv_len, window_left=window_left, custom_mask=custom_mask, device=q.device
+    )
     s = s.masked_fill(~keep[None], float("-inf"))
     lse = torch.logsumexp(s, dim=-1)  # (Hq, q_len)
     p = torch.exp(s - lse[..., None]).nan_to_num(0.0)  # rows with no key: exp(-inf - -inf) = nan -> 0

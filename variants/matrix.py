@@ -85,7 +85,7 @@ def expand(data: dict) -> Matrix:
     for block in blocks:
         axes = {name: _as_list(block.get(name, _default(name))) for name in AXIS_NAMES}
         for values in itertools.product(*axes.values()):
-            kwargs = dict(zip(axes, values))
+            kwargs = dict(zip(axes, values, strict=True))
             if any(all(kwargs.get(k) == val for k, val in ex.items()) for ex in excludes):
                 continue
             try:
@@ -105,7 +105,7 @@ def select(
     skip: tuple[str, ...] = (),
     archs: tuple[str, ...] = (),
 ) -> Matrix:
-    """Keep variants whose id matches any `only` glob (all if none), none of `skip`, and an arch in `archs`."""
+    """Variants whose id matches an `only` glob (all if none), no `skip` glob, and an arch in `archs`."""
     for arch in archs:
         if arch not in AXES["arch"]:
             raise ValueError(f"unknown arch {arch!r}; archs are {', '.join(AXES['arch'])}")

@@ -1,10 +1,9 @@
-"""The reference attention and the hook semantics it is built from (kernels/reference.py, variants/hooks.py)."""
+"""The reference attention (kernels/reference.py) and the hook semantics it uses (variants/hooks.py)."""
 
 import math
 
 import pytest
 import torch
-
 from flashinfer_build.kernels import reference
 from flashinfer_build.variants import hooks
 
