@@ -1,0 +1,322 @@
+"""`flashinfer-build build`: render sources, write build.ninja, run ninja, write one pack per arch.
+
+    build/<arch>/gen/<id>.cu                 rendered instantiation sources (written when changed)
+    build/build.ninja                        compile edges for cache misses, one link edge per arch
+    build/<arch>/libfib_kernels_<arch>.so    every compiled unit of the arch, CUDA runtime static
+    build/<arch>/manifest.json               the variants in that library (manifest.py)
+Objects live in the content-addressed cache (cache.py); a unit whose key is cached is not compiled.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..variants import InvalidVariant, Matrix, Variant, load_matrix, select
+from .cache import ObjectCache, source_hash, unit_key
+from .codegen import render, template_path, write_if_different
+from .errors import CompileError, ConfigError
+from .manifest import MANIFEST, render_manifest, variant_entry
+from .ninja_file import CompileEdge, LinkEdge, render_ninja
+from .options import BuildOptions
+from .sources import local_includes
+from .targets import TARGETS, Target
+from .toolchain import Toolchain
+from .unit import MARKER, OUT_PLACEHOLDER
+
+COMMON_FLAGS = ("-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC")
+# Intermediate files named after the object instead of nvcc's pid-numbered temp names, which would
+# otherwise end up in the object and make builds differ byte for byte.
+REPRODUCIBLE_FLAGS = ("-objtemp",)
+
+
+def compile_flags(target: Target, *, lineinfo: bool) -> tuple[str, ...]:
+    """The flags that decide an object's bytes (include paths are covered by the toolchain versions)."""
+    return (*COMMON_FLAGS, *REPRODUCIBLE_FLAGS, *(("-lineinfo",) if lineinfo else ()), *target.gencode)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unit:
+    variant: Variant
+    source: Path  # the rendered file in the build dir
+    text: str
+    key: str
+    source_hash: str
+    object: Path  # in the cache
+    cached: bool
+
+    @property
+    def id(self) -> str:
+        return self.variant.id
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildPlan:
+    options: BuildOptions
+    toolchain: Toolchain
+    matrix: Matrix
+    units: tuple[Unit, ...]
+    no_template: dict[str, tuple[str, ...]]  # family -> ids skipped because its template does not exist
+
+    @property
+    def to_compile(self) -> tuple[Unit, ...]:
+        return tuple(u for u in self.units if not u.cached)
+
+    def units_for(self, arch: str) -> tuple[Unit, ...]:
+        return tuple(u for u in self.units if u.variant.arch == arch)
+
+    def compile_command(self, unit: Unit) -> tuple[str, ...]:
+        tc, opts = self.toolchain, self.options
+        return (
+            str(tc.nvcc),
+            *compile_flags(TARGETS[unit.variant.arch], lineinfo=opts.lineinfo),
+            "-I",
+            str(opts.csrc_dir),
+            "-I",
+            str(tc.cutlass_include),
+            "-c",
+            str(unit.source),
+            "-o",
+            OUT_PLACEHOLDER,
+        )
+
+    def link_command(self, objects: Iterable[Path]) -> tuple[str, ...]:
+        link_dirs = [f"-L{d}" for d in self.toolchain.link_dirs]
+        return (
+            str(self.toolchain.nvcc),
+            "-shared",
+            "-cudart",
+            "static",
+            *link_dirs,
+            *map(str, objects),
+            "-o",
+            OUT_PLACEHOLDER,
+        )
+
+
+@dataclass
+class BuildResult:
+    plan: BuildPlan
+    compiled: dict[str, float] = field(default_factory=dict)  # id -> seconds
+    failed: dict[str, str] = field(default_factory=dict)  # id or arch -> compiler message
+    packs: dict[str, Path] = field(default_factory=dict)  # arch -> pack dir
+
+
+class Reporter:
+    """What a build tells its caller while it runs; the CLI draws it with rich. Default: nothing."""
+
+    def planned(self, plan: BuildPlan) -> None: ...
+
+    def unit_finished(self, label: str, ok: bool, seconds: float, output: str) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+def select_matrix(options: BuildOptions) -> Matrix:
+    try:
+        matrix = load_matrix(options.matrix)
+        return select(matrix, only=options.only, skip=options.skip, archs=options.archs)
+    except (InvalidVariant, ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def plan_build(options: BuildOptions, toolchain: Toolchain) -> BuildPlan:
+    matrix = select_matrix(options)
+    if not len(matrix):
+        raise ConfigError(
+            f"no variant of {options.matrix!r} matches only={list(options.only)} "
+            f"skip={list(options.skip)} archs={list(options.archs)}; see `flashinfer-build list`"
+        )
+    cache = ObjectCache(options.cache_dir)
+    csrc = options.csrc_dir.resolve()
+    units: list[Unit] = []
+    no_template: dict[str, list[str]] = {}
+    for variant in matrix:
+        if not template_path(csrc, variant.family).is_file():
+            no_template.setdefault(variant.family, []).append(variant.id)
+            continue
+        text = render(variant, csrc)
+        source = options.build_dir / variant.arch / "gen" / f"{variant.id}.cu"
+        headers = [
+            (p.relative_to(csrc).as_posix(), p.read_bytes())
+            for p in local_includes(text, source.parent.resolve(), (csrc,))
+        ]
+        flags = compile_flags(TARGETS[variant.arch], lineinfo=options.lineinfo)
+        key = unit_key(source=text, headers=headers, flags=flags, versions=toolchain.versions())
+        obj = cache.object_path(key, variant.id)
+        units.append(
+            Unit(
+                variant=variant,
+                source=source,
+                text=text,
+                key=key,
+                source_hash=source_hash(text, headers),
+                object=obj,
+                cached=cache.has(obj),
+            )
+        )
+    if not units:
+        raise ConfigError(
+            f"none of the {len(matrix)} selected variants has an instantiation template "
+            f"yet (missing: {', '.join(str(template_path(csrc, f)) for f in no_template)})"
+        )
+    return BuildPlan(
+        options=options,
+        toolchain=toolchain,
+        matrix=matrix,
+        units=tuple(units),
+        no_template={f: tuple(ids) for f, ids in no_template.items()},
+    )
+
+
+def run_build(plan: BuildPlan, reporter: Reporter | None = None) -> BuildResult:
+    reporter = reporter or Reporter()
+    opts = plan.options
+    result = BuildResult(plan=plan)
+    reporter.planned(plan)
+    if opts.dry_run:
+        return result
+    ObjectCache(opts.cache_dir).remove_stale_temps()
+    for unit in plan.units:
+        write_if_different(unit.source, unit.text)
+    ninja_path = opts.build_dir / "build.ninja"
+    compiles = [
+        CompileEdge(
+            label=u.id, source=u.source.resolve(), output=u.object.resolve(), command=plan.compile_command(u)
+        )
+        for u in plan.to_compile
+    ]
+
+    def link_edges(available: set[str]) -> list[LinkEdge]:
+        edges = []
+        for arch in opts.archs:
+            objects = tuple(u.object.resolve() for u in plan.units_for(arch) if u.id in available)
+            if objects:
+                edges.append(
+                    LinkEdge(
+                        label=arch,
+                        inputs=objects,
+                        output=_library(opts, arch).resolve(),
+                        command=plan.link_command(objects),
+                    )
+                )
+        return edges
+
+    everything = {u.id for u in plan.units}
+    write_if_different(ninja_path, render_ninja(compiles, link_edges(everything)))
+    if compiles:
+        _run_ninja(plan, ninja_path, [str(e.output) for e in compiles], result, reporter)
+    if result.failed and not opts.keep_going:
+        raise CompileError(result.failed)
+    available = {u.id for u in plan.units if u.object.is_file()}
+    links = link_edges(available)
+    write_if_different(ninja_path, render_ninja(compiles, links))
+    if links:
+        _run_ninja(plan, ninja_path, [str(e.output) for e in links], result, reporter)
+    for arch in opts.archs:
+        units = [u for u in plan.units_for(arch) if u.id in available]
+        if units and arch not in result.failed:
+            result.packs[arch] = _write_manifest(plan, arch, units)
+    if result.failed:
+        raise CompileError(result.failed)
+    return result
+
+
+def build(options: BuildOptions, toolchain: Toolchain, reporter: Reporter | None = None) -> BuildResult:
+    return run_build(plan_build(options, toolchain), reporter)
+
+
+def _library(options: BuildOptions, arch: str) -> Path:
+    return options.build_dir / arch / TARGETS[arch].library
+
+
+def _write_manifest(plan: BuildPlan, arch: str, units: list[Unit]) -> Path:
+    pack = plan.options.build_dir / arch
+    entries = [variant_entry(u.variant, source_hash=u.source_hash, build_key=u.key) for u in units]
+    text = render_manifest(
+        arch=arch, library=TARGETS[arch].library, versions=plan.toolchain.versions(), entries=entries
+    )
+    write_if_different(pack / MANIFEST, text)
+    return pack
+
+
+_STATUS = re.compile(r"^\[\d+/\d+\] (CUDA|LINK) (\S+)$")
+_FAILED = re.compile(r"^FAILED: ")
+
+
+def _run_ninja(
+    plan: BuildPlan, ninja_file: Path, targets: list[str], result: BuildResult, reporter: Reporter
+) -> None:
+    opts = plan.options
+    keep_going = "0" if opts.keep_going else "1"
+    cmd = [
+        str(plan.toolchain.ninja),
+        "-f",
+        str(ninja_file.resolve()),
+        "-j",
+        str(opts.jobs),
+        "-k",
+        keep_going,
+        *targets,
+    ]
+    env = {**os.environ, "NINJA_STATUS": "[%f/%t] "}
+    proc = subprocess.Popen(
+        cmd,
+        cwd=opts.build_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env=env,
+    )
+    block: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if _STATUS.match(line) or line.startswith("ninja: "):
+                _finish_block(block, result, reporter)
+                block = [line] if _STATUS.match(line) else []
+                if line.startswith("ninja: ") and "no work to do" not in line and "stopped" not in line:
+                    reporter.message(line)
+            else:
+                block.append(line)
+        _finish_block(block, result, reporter)
+    finally:
+        rc = proc.wait()
+    if rc != 0 and not result.failed:
+        raise CompileError({"ninja": f"ninja exited with {rc} ({' '.join(cmd)})"})
+
+
+def _finish_block(block: list[str], result: BuildResult, reporter: Reporter) -> None:
+    """One finished edge's status line and output; the marker line (unit.py) carries its result."""
+    if not block:
+        return
+    output: list[str] = []
+    marker = None
+    skip_next = False
+    for line in block[1:]:
+        if skip_next:  # the command line that ninja echoes after FAILED:
+            skip_next = False
+            continue
+        if _FAILED.match(line):
+            skip_next = True
+            continue
+        if line.startswith(MARKER + "\t"):
+            marker = line.split("\t")
+            continue
+        output.append(line)
+    if marker is None:
+        return
+    _, label, status, seconds = marker
+    ok = status == "ok"
+    message = "\n".join(output).strip()
+    if ok:
+        result.compiled[label] = float(seconds)
+    else:
+        result.failed[label] = message
+    reporter.unit_finished(label, ok, float(seconds), message)
