@@ -86,16 +86,10 @@ class BuildPlan:
 
     def link_command(self, objects: Iterable[Path]) -> tuple[str, ...]:
         link_dirs = [f"-L{d}" for d in self.toolchain.link_dirs]
-        return (
-            str(self.toolchain.nvcc),
-            "-shared",
-            "-cudart",
-            "static",
-            *link_dirs,
-            *map(str, objects),
-            "-o",
-            OUT_PLACEHOLDER,
-        )
+        # -nodlink: without relocatable device code there is nothing to device-link, and the
+        # device-link stub would add an sm_75 cubin and the toolchain's absolute paths to every pack.
+        link = (str(self.toolchain.nvcc), "-shared", "-nodlink", "-cudart", "static", *link_dirs)
+        return (*link, *map(str, objects), "-o", OUT_PLACEHOLDER)
 
 
 @dataclass
