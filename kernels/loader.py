@@ -10,6 +10,8 @@ arch fits the current GPU best wins (sm90a machine code on Hopper before the sm8
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import dataclasses
 import functools
@@ -163,11 +165,29 @@ def _packs_for_device(capability: tuple[int, int]) -> tuple[KernelPack, ...]:
     return tuple(sorted(packs, key=lambda p: ARCH_PREFERENCE.index(p.arch)))
 
 
-@functools.cache
+_PINNED_ARCH: contextvars.ContextVar[str | None] = contextvars.ContextVar("fib_pinned_arch", default=None)
+
+
+@contextlib.contextmanager
+def pinned_arch(arch: str | None):
+    """Within this block find_kernel takes kernels only from packs of `arch` (None: any). verify uses it
+    to check the sm80 pack on a Hopper GPU, where the sm90a pack would otherwise win."""
+    token = _PINNED_ARCH.set(arch)
+    try:
+        yield
+    finally:
+        _PINNED_ARCH.reset(token)
+
+
 def find_kernel(variant: Variant, capability: tuple[int, int]) -> CompiledVariant:
     """The compiled form of `variant` (its arch is replaced by each pack's) from the pack that best fits
-    a GPU of compute capability `capability`."""
-    packs = _packs_for_device(capability)
+    a GPU of compute capability `capability` (only packs of the pinned arch inside `pinned_arch`)."""
+    return _find_kernel(variant, capability, _PINNED_ARCH.get())
+
+
+@functools.cache
+def _find_kernel(variant: Variant, capability: tuple[int, int], arch: str | None) -> CompiledVariant:
+    packs = tuple(p for p in _packs_for_device(capability) if arch is None or p.arch == arch)
     for pack in packs:
         variant_id = dataclasses.replace(variant, arch=pack.arch).id
         if variant_id in pack.variants:
