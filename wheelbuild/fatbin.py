@@ -77,7 +77,8 @@ def check_target_code(path: Path, target: Target) -> list[Image]:
     found = images(path)
     arch_specific = target.arch.endswith("a")
     wrong = [
-        im for im in found
+        im
+        for im in found
         if (im.kind == "elf" and (im.sm not in target.machine_code or im.arch_specific != arch_specific))
         or (im.kind == "ptx" and im.sm not in target.ptx)
         or im.kind not in ("elf", "ptx")

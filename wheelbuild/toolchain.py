@@ -95,14 +95,14 @@ def find_nvcc(env: Mapping[str, str]) -> tuple[Path, str, tuple[Path, ...]]:
                     f"the PyPI CUDA toolchain in {root} is incomplete: {', '.join(missing)} missing. "
                     f"Install all its parts at one CUDA version: {PIP_CUDA}"
                 )
-            return root / "bin" / "nvcc", f"PyPI packages ({root})", (root / "lib",)
+            return root / "bin" / "nvcc", "PyPI packages", (root / "lib",)
         looked.append("the nvidia-cuda-nvcc package (not installed)")
     if mode in ("auto", "system"):
         for var in ("CUDA_HOME", "CUDA_PATH"):
             if env.get(var):
                 candidate = Path(env[var]) / "bin" / "nvcc"
                 if _is_executable(candidate):
-                    return candidate, f"${var} ({env[var]})", ()
+                    return candidate, f"${var}", ()
                 looked.append(f"${var}/bin/nvcc ({candidate}: not found)")
                 break
         else:
