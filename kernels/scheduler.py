@@ -1,0 +1,570 @@
+"""The split-KV scheduler: `plan` turns per-request query and KV lengths into a work list and a merge index.
+
+Runs on the host once per batch (all layers share the result). Pure functions of plain ints and numpy
+arrays: no torch, no device, so CI tests it on the CPU (tests/unit/test_scheduler*.py, and
+kernels/emulate.py executes plans there).
+
+Work items follow kernels/csrc/api.h: the attention grid is (work items, num_kv_heads); item i covers
+packed query rows [qo_begin, qo_end) of one request (row = token * group + head_in_group, at most
+cta_tile_q rows) against keys [kv_begin, kv_end). An item of a request that is not split writes the
+output directly (partial_row = -1). A split request has one partial-state block per KV chunk, each
+q_len rows long (token t of chunk c at row base + c * q_len + t), and the merge kernel combines, for
+every token, the chunks its visible keys fall into.
+
+Cost model (the unit is a "key step": the time one CTA takes to stream one key of its KV head, or one
+key against one query tile in prefill, while the GPU is full):
+  item cost      = keys + item_overhead            (+ partial_write for an item that writes a partial state)
+  attention time = max(longest item, num_kv_heads * sum of item costs / (num_sms * ctas_per_sm))
+                   i.e. the larger of the critical path and the work spread evenly over the CTA slots;
+                   items are emitted longest first, so the hardware's in-order block dispatch is
+                   longest-processing-time-first list scheduling, within 4/3 of the best makespan
+  merge time     = merge_launch + merge_entry * num_kv_heads * merged (token, chunk) pairs / CTA slots
+  plan time      = attention time (+ merge time when anything is split)
+The chunk size is picked among a few multiples of the average work per CTA slot, rounded up to whole
+pages and KV tiles; a split is taken only when it beats the unsplit plan by more than `min_gain`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .abi import WORK_ITEM_FIELDS
+
+MASKS = ("none", "causal", "custom", "sliding_window")
+PADDING_ITEM = (-1, 0, 0, 0, 0, -1)
+ALIGN_BYTES = 256
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Constants of the cost model in key steps (see the module docstring)."""
+
+    item_overhead: float = 32.0  # a CTA's prologue (query tile, pipeline fill) and epilogue (output store)
+    merge_launch: float = 96.0  # one more kernel launch and its ramp, ~4 us at ~45 ns per key step
+    partial_bytes_per_key_byte: float = 4.0  # float32 partial rows vs the KV element they are measured in
+    min_gain: float = 0.1  # split only when the estimate improves by more than this fraction
+    chunk_factors: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # x average work per CTA slot
+
+
+DEFAULT_COST = CostModel()
+
+
+@dataclass(frozen=True)
+class KernelShape:
+    """What the planner needs to know about the device and the compiled kernel (ops.kernel_info)."""
+
+    num_sms: int
+    ctas_per_sm: int
+    cta_tile_q: int
+    cta_tile_kv: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("num_sms", "ctas_per_sm", "cta_tile_q", "cta_tile_kv"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def slots(self) -> int:
+        return self.num_sms * self.ctas_per_sm
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Sizes of the workspace buffers: what any plan written into the workspace must fit.
+
+    In CUDA-graph mode they also fix the grid (work_items) and the merge rows (tokens)."""
+
+    batch: int
+    tokens: int
+    work_items: int
+    partial_rows: int
+    pages: int = 0  # room for a copy of kv_indices (graph mode, or indices given on the host)
+
+
+def partial_rows_budget(num_sms: int, decode: bool) -> int:
+    """Partial-state rows the planner may use. Decode splits need one row per split item and a few waves
+    of items are all that balancing needs; prefill splits pay only for few, short query tiles."""
+    return (4 if decode else 16) * num_sms
+
+
+def capacity(
+    *,
+    max_batch: int,
+    max_tokens: int,
+    group: int,
+    cta_tile_q: int,
+    num_sms: int,
+    decode: bool,
+    max_pages: int = 0,
+) -> Capacity:
+    """The capacity a configuration needs: every plan for a batch within these bounds fits it."""
+    if max_batch < 1 or max_tokens < 1:
+        raise ValueError(f"max batch ({max_batch}) and max tokens ({max_tokens}) must be >= 1")
+    rows = _ceil_div(max_tokens * group, cta_tile_q) + max_batch  # each request wastes at most one tile
+    partial_rows = partial_rows_budget(num_sms, decode)
+    return Capacity(max_batch, max_tokens, rows + partial_rows, partial_rows, max_pages)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    unsplit: float
+    chosen: float
+    candidates: tuple[tuple[int, float], ...]  # (chunk size, estimated time) of each feasible candidate
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A batch's work list (int32 [grid, 6], api.h fib_work_item rows) and merge index.
+
+    work holds the real items first (longest first), then padding items (request -1) up to the grid."""
+
+    work: np.ndarray
+    num_items: int
+    merge_indptr: np.ndarray  # int32 [merge rows + 1], over output tokens
+    merge_indices: np.ndarray  # int32 [entries], partial-state rows
+    num_partial_rows: int
+    chunk_size: int  # keys per KV chunk; 0 when nothing is split
+    num_tokens: int
+    estimate: Estimate
+
+    @property
+    def split(self) -> bool:
+        return self.chunk_size > 0
+
+
+def kv_lengths(kv_indptr: np.ndarray, kv_last_page_len: np.ndarray, page_size: int) -> np.ndarray:
+    """Tokens per request of a paged cache: full pages plus the last page's fill (0 for no pages)."""
+    pages = np.diff(kv_indptr.astype(np.int64))
+    return np.where(pages > 0, (pages - 1) * page_size + kv_last_page_len.astype(np.int64), 0)
+
+
+def plan(
+    qo_lens,
+    kv_lens,
+    *,
+    num_qo_heads: int,
+    num_kv_heads: int,
+    page_size: int,
+    kernel: KernelShape,
+    mask: str = "none",
+    window_left: int = -1,
+    split_kv: bool = True,
+    kv_bytes: int = 2,
+    capacity: Capacity | None = None,
+    fixed_grid: bool = False,
+    cost: CostModel = DEFAULT_COST,
+) -> Plan:
+    """Plan one batch. qo_lens (None for decode: one query per request) and kv_lens: int sequences.
+
+    capacity bounds the plan: a split that would not fit is not taken, a batch that does not fit even
+    unsplit raises ValueError. fixed_grid pads the work list to capacity.work_items and the merge index
+    to capacity.tokens rows, as a captured CUDA graph needs. kv_bytes (bytes per KV element) weighs
+    float32 partial states against KV reads in the cost model."""
+    kv = np.asarray(kv_lens, dtype=np.int64).reshape(-1)
+    qo = np.ones_like(kv) if qo_lens is None else np.asarray(qo_lens, dtype=np.int64).reshape(-1)
+    _check_problem(qo, kv, num_qo_heads, num_kv_heads, page_size, mask, window_left)
+    num_tokens = kv.shape[0] if qo_lens is None else int(qo.sum())
+    if capacity is not None:
+        _check_within(capacity, kv.shape[0], num_tokens)
+    elif fixed_grid:
+        raise ValueError("a fixed grid needs the capacity that fixes it")
+    group = num_qo_heads // num_kv_heads
+    tiles = _tiles(qo, group, kernel.cta_tile_q, decode=qo_lens is None)
+    lo, hi = _visible(tiles, tiles.first_token, tiles.last_token, qo, kv, mask, window_left)
+    model = _Model(cost, num_kv_heads, kernel.slots, cost.partial_bytes_per_key_byte * group / (2 * kv_bytes))
+
+    span = hi - lo
+    keys, longest = (int(span.sum()), int(span.max())) if span.shape[0] else (0, 0)
+    unsplit = model.unsplit_time(keys, longest, span.shape[0])
+    chunk, chosen, candidates = 0, unsplit, ()
+    if split_kv and longest and model.may_pay(unsplit, keys, span.shape[0]):
+        if capacity is None:
+            limits = (partial_rows_budget(kernel.num_sms, qo_lens is None), None)
+        else:
+            limits = (capacity.partial_rows, capacity.work_items)
+        granule = math.lcm(page_size, kernel.cta_tile_kv)
+        sizes = _chunk_candidates(keys, longest, span.shape[0], model, granule)
+        if sizes:
+            chunk, chosen, candidates = _choose_chunk(
+                np.array(sizes), tiles, lo, hi, qo, keys, longest, model, unsplit, *limits
+            )
+
+    if chunk:
+        items, merge_indptr, merge_indices, num_rows = _split(tiles, lo, hi, qo, kv, chunk, mask, window_left)
+    else:
+        items = np.stack([tiles.req, tiles.qo_begin, tiles.qo_end, lo, hi, np.full_like(lo, -1)], axis=1)
+        merge_indptr, merge_indices, num_rows = np.zeros(num_tokens + 1, np.int64), np.zeros(0, np.int64), 0
+    grid = items.shape[0]
+    if capacity is not None and grid > capacity.work_items:
+        raise ValueError(
+            f"the batch needs {grid} work items but the workspace holds {capacity.work_items}: "
+            "raise the bounds the workspace was sized for (workspace_size)"
+        )
+    if fixed_grid:
+        grid = capacity.work_items
+        merge_indptr = np.concatenate([merge_indptr, np.full(capacity.tokens - num_tokens, merge_indptr[-1])])
+    return Plan(
+        work=_longest_first(items, grid),
+        num_items=items.shape[0],
+        merge_indptr=merge_indptr.astype(np.int32),
+        merge_indices=merge_indices.astype(np.int32),
+        num_partial_rows=num_rows,
+        chunk_size=chunk,
+        num_tokens=num_tokens,
+        estimate=Estimate(unsplit, chosen, candidates),
+    )
+
+
+@dataclass(frozen=True)
+class _Tiles:
+    """Query tiles of a batch: tile i covers packed rows [qo_begin, qo_end) of request req[i]."""
+
+    req: np.ndarray
+    qo_begin: np.ndarray
+    qo_end: np.ndarray
+    first_token: np.ndarray  # tokens [first_token, last_token] of the request own the tile's rows
+    last_token: np.ndarray
+    one_per_request: bool  # every request has exactly one tile: tile i is request i
+    one_token_per_request: bool  # and one query token (decode)
+    nonempty: np.ndarray  # requests with at least one tile
+    nonempty_starts: np.ndarray  # index of their first tile
+    owner: np.ndarray  # index into nonempty of each tile's request
+
+
+def _tiles(qo: np.ndarray, group: int, tq: int, decode: bool) -> _Tiles:
+    batch = qo.shape[0]
+    if decode and group <= tq:
+        req = np.arange(batch, dtype=np.int64)
+        zeros = np.zeros(batch, np.int64)
+        return _Tiles(req, zeros, np.full(batch, group, np.int64), zeros, zeros, True, True, req, req, req)
+    rows = qo * group
+    counts = -(-rows // tq)
+    if batch and counts.min() == 1 and counts.max() == 1:
+        req = np.arange(batch, dtype=np.int64)
+        zeros = np.zeros(batch, np.int64)
+        return _Tiles(req, zeros, rows, zeros, qo - 1, True, bool(qo.max() == 1), req, req, req)
+    starts = np.cumsum(counts) - counts
+    req = np.repeat(np.arange(batch, dtype=np.int64), counts)
+    qo_begin = (np.arange(req.shape[0], dtype=np.int64) - starts[req]) * tq
+    qo_end = np.minimum(qo_begin + tq, rows[req])
+    nonempty = np.nonzero(counts)[0]
+    owner = np.repeat(np.arange(nonempty.shape[0]), counts[nonempty])
+    first, last = qo_begin // group, (qo_end - 1) // group
+    return _Tiles(req, qo_begin, qo_end, first, last, False, False, nonempty, starts[nonempty], owner)
+
+
+def _visible(tiles_or_req, first_token, last_token, qo, kv, mask, window_left):
+    """Keys [lo, hi) that query tokens [first_token, last_token] of their requests may see (api.h's
+    kv_range): the loop bounds of a tile, or, with first == last, those of one token."""
+    if isinstance(tiles_or_req, _Tiles):
+        kv_r = kv if tiles_or_req.one_per_request else kv[tiles_or_req.req]
+        qo_r = qo if tiles_or_req.one_per_request else qo[tiles_or_req.req]
+    else:
+        kv_r, qo_r = kv[tiles_or_req], qo[tiles_or_req]
+    if mask in ("none", "custom"):
+        return np.zeros_like(kv_r), kv_r
+    offset = kv_r - qo_r  # query token t sits at key position offset + t
+    hi = np.clip(offset + last_token + 1, 0, kv_r)
+    lo = np.zeros_like(kv_r) if mask == "causal" else np.clip(offset + first_token - window_left, 0, kv_r)
+    return lo, np.maximum(lo, hi)
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The cost model of the module docstring, for one problem shape."""
+
+    cost: CostModel
+    num_kv_heads: int
+    slots: int
+    partial_write: float  # extra key steps of an item that writes a float32 partial state (and its merge)
+
+    def spread(self, keys, items, split_items):
+        """Time of the work spread evenly over all CTA slots."""
+        work = keys + self.cost.item_overhead * items + self.partial_write * split_items
+        return self.num_kv_heads * work / self.slots
+
+    def unsplit_time(self, keys: int, longest: int, tiles: int) -> float:
+        if not tiles:
+            return 0.0
+        return max(longest + self.cost.item_overhead, self.spread(keys, tiles, 0))
+
+    def may_pay(self, unsplit: float, keys: int, tiles: int) -> bool:
+        """Whether any split could beat `unsplit` by min_gain: no plan beats the keys spread evenly
+        over all slots plus a merge launch."""
+        return self.spread(keys, tiles, 0) + self.cost.merge_launch < unsplit * (1.0 - self.cost.min_gain)
+
+
+def _chunk_candidates(keys: int, longest: int, tiles: int, model: _Model, granule: int) -> list[int]:
+    """Chunk sizes worth evaluating: multiples of the average work per CTA slot, in whole granules,
+    shorter than the longest tile's keys (else nothing would split)."""
+    per_slot = model.spread(keys, tiles, 0)
+    sizes = {-(-max(1, int(per_slot * f)) // granule) * granule for f in model.cost.chunk_factors}
+    return sorted(s for s in sizes if s < longest)
+
+
+def _choose_chunk(sizes, tiles, lo, hi, qo, keys, longest, model, unsplit, max_rows, max_items):
+    """Evaluate the cost model for all candidate sizes at once (rows of 2-D arrays): the best one that
+    fits the capacity and beats the unsplit plan by min_gain, else 0 (no split). Float64 arithmetic:
+    exact for these integers and several times faster than numpy's integer division."""
+    L = sizes[:, None].astype(np.float64)
+    chunks = np.ceil(hi.astype(np.float64) / L)  # (candidates, tiles)
+    windowed = bool(lo.any())
+    first = np.floor(lo / L) if windowed else 0.0
+    if windowed:
+        chunks -= first
+    np.maximum(chunks, 1.0, out=chunks)
+    items = chunks.sum(axis=1)
+    # A request is split when any of its tiles is; its partial block spans its tiles' chunks x q_len rows.
+    if tiles.one_token_per_request:
+        split_items = rows = items - (chunks == 1.0).sum(axis=1)
+    elif tiles.one_per_request:
+        split_chunks = chunks * (chunks > 1)
+        rows = (split_chunks * qo[None, :]).sum(axis=1)
+        split_items = split_chunks.sum(axis=1)
+    else:
+        starts = tiles.nonempty_starts
+        first = first + np.zeros_like(chunks)
+        req_split = np.maximum.reduceat(chunks, starts, axis=1) > 1
+        req_first = np.minimum.reduceat(first, starts, axis=1)
+        req_chunks = np.maximum.reduceat(first + chunks, starts, axis=1) - req_first
+        rows = (req_split * req_chunks * qo[tiles.nonempty][None, :]).sum(axis=1)
+        split_items = (req_split[:, tiles.owner] * chunks).sum(axis=1)
+    c = model.cost
+    per_slot = model.num_kv_heads / model.slots
+    candidates = []
+    for size, n, n_split, n_rows in zip(
+        sizes.tolist(), items.tolist(), split_items.tolist(), rows.tolist(), strict=True
+    ):
+        if n_rows > max_rows or (max_items is not None and n > max_items):
+            continue
+        longest_item = min(size, longest) + c.item_overhead + model.partial_write
+        spread = per_slot * (keys + c.item_overhead * n + model.partial_write * n_split)
+        merge = c.merge_launch + model.partial_write * per_slot * n_rows
+        candidates.append((size, max(longest_item, spread) + merge))
+    if not candidates:
+        return 0, unsplit, ()
+    best_size, best_time = min(candidates, key=lambda sc: sc[1])
+    if best_time >= unsplit * (1.0 - c.min_gain):
+        return 0, unsplit, tuple(candidates)
+    return best_size, best_time, tuple(candidates)
+
+
+def _split(tiles, lo, hi, qo, kv, chunk, mask, window_left):
+    """Work items and merge index for KV chunks of `chunk` keys (layout: the module docstring)."""
+    if tiles.one_token_per_request:
+        return _split_single_tokens(lo, hi, tiles.qo_end, chunk)
+    first = lo // chunk
+    chunks = np.maximum(-(-hi // chunk) - first, 1)
+    if tiles.one_per_request:
+        req_split, req_first, req_chunks = chunks > 1, first, chunks
+    else:
+        batch, starts, nonempty = qo.shape[0], tiles.nonempty_starts, tiles.nonempty
+        req_split, req_first, req_chunks = np.zeros(batch, bool), np.zeros(batch, np.int64), np.zeros_like(qo)
+        req_split[nonempty] = np.maximum.reduceat(chunks, starts) > 1
+        req_first[nonempty] = np.minimum.reduceat(first, starts)
+        req_chunks[nonempty] = np.maximum.reduceat(first + chunks, starts) - req_first[nonempty]
+    block_rows = req_split * req_chunks * qo
+    base = np.cumsum(block_rows) - block_rows
+
+    tile = np.repeat(np.arange(chunks.shape[0]), chunks)
+    c = np.arange(tile.shape[0]) - np.repeat(np.cumsum(chunks) - chunks, chunks) + first[tile]
+    req = tiles.req[tile]
+    kv_begin = np.maximum(lo[tile], c * chunk)
+    kv_end = np.maximum(kv_begin, np.minimum(hi[tile], (c + 1) * chunk))
+    partial = base[req] + (c - req_first[req]) * qo[req] + tiles.first_token[tile]
+    partial = np.where(req_split[req], partial, -1)
+    items = np.stack([req, tiles.qo_begin[tile], tiles.qo_end[tile], kv_begin, kv_end, partial], axis=1)
+
+    # Merge index: every token of a split request lists the chunks its own visible keys fall into.
+    split_req = np.nonzero(req_split)[0]
+    q_split = qo[split_req]
+    tok_req = np.repeat(split_req, q_split)
+    token = np.arange(tok_req.shape[0]) - np.repeat(np.cumsum(q_split) - q_split, q_split)
+    t_lo, t_hi = _visible(tok_req, token, token, qo, kv, mask, window_left)
+    t_first = t_lo // chunk
+    t_count = np.maximum(-(-t_hi // chunk) - t_first, 1)
+    entry_tok = np.repeat(np.arange(token.shape[0]), t_count)
+    entry_chunk = np.arange(entry_tok.shape[0]) - np.repeat(np.cumsum(t_count) - t_count, t_count)
+    r = tok_req[entry_tok]
+    merge_indices = base[r] + (entry_chunk + t_first[entry_tok] - req_first[r]) * qo[r] + token[entry_tok]
+    per_token = np.zeros(int(qo.sum()), np.int64)
+    per_token[(np.cumsum(qo) - qo)[tok_req] + token] = t_count
+    merge_indptr = np.concatenate([[0], np.cumsum(per_token)])
+    return items, merge_indptr, merge_indices, int(block_rows.sum())
+
+
+def _split_single_tokens(lo, hi, rows, chunk):
+    """_split for one query token per request (decode), where request = tile = token: the same
+    layout with fewer steps, as decode plans run every generated token."""
+    windowed = bool(lo.any())
+    first = lo // chunk if windowed else 0
+    chunks = np.maximum((hi + (chunk - 1)) // chunk - first, 1)
+    split = chunks > 1
+    block_rows = chunks * split
+    row_ends = np.cumsum(block_rows)
+    item_ends = np.cumsum(chunks)
+    req = np.repeat(np.arange(chunks.shape[0]), chunks)
+    c = np.arange(int(item_ends[-1])) - (item_ends - chunks)[req]  # chunk of the request, from its first
+    items = np.empty((req.shape[0], WORK_ITEM_FIELDS), np.int64)
+    items[:, 0] = req
+    items[:, 1] = 0
+    items[:, 2] = rows[req]
+    begin = (c + first[req]) * chunk if windowed else c * chunk
+    items[:, 3] = np.maximum(lo[req], begin) if windowed else begin
+    items[:, 4] = np.minimum(hi[req], begin + chunk)
+    items[:, 5] = np.where(split[req], (row_ends - block_rows)[req] + c, -1)
+    num_rows = int(row_ends[-1])
+    return items, np.concatenate([[0], row_ends]), np.arange(num_rows), num_rows
+
+
+def _longest_first(items: np.ndarray, grid: int) -> np.ndarray:
+    """int32 [grid, 6]: the items by decreasing KV range (the in-order block dispatch then schedules
+    longest first), then padding items."""
+    work = np.empty((grid, WORK_ITEM_FIELDS), np.int32)
+    n = items.shape[0]
+    work[:n] = items[np.argsort(items[:, 3] - items[:, 4], kind="stable")] if n > 1 else items
+    work[n:] = PADDING_ITEM
+    return work
+
+
+def _check_problem(qo, kv, num_qo_heads, num_kv_heads, page_size, mask, window_left):
+    if qo.shape != kv.shape:
+        raise ValueError(f"qo_lens has {qo.shape[0]} requests but kv_lens has {kv.shape[0]}")
+    if qo.shape[0] and (qo.min() < 0 or kv.min() < 0):
+        raise ValueError("query and KV lengths must be >= 0 (indptr arrays must be non-decreasing)")
+    if num_kv_heads < 1 or num_qo_heads < 1 or num_qo_heads % num_kv_heads:
+        raise ValueError(
+            f"num_qo_heads {num_qo_heads} must be a positive multiple of num_kv_heads {num_kv_heads}"
+        )
+    if page_size < 1:
+        raise ValueError(f"page_size must be >= 1, got {page_size}")
+    if mask not in MASKS:
+        raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
+    if mask == "sliding_window" and window_left < 0:
+        raise ValueError(f"mask 'sliding_window' needs window_left >= 0, got {window_left}")
+
+
+def _check_within(cap: Capacity, batch: int, num_tokens: int) -> None:
+    if batch > cap.batch:
+        raise ValueError(f"batch size {batch} exceeds the wrapper's max batch size {cap.batch}")
+    if num_tokens > cap.tokens:
+        raise ValueError(f"{num_tokens} query tokens exceed the wrapper's max number of tokens {cap.tokens}")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _round_up(a: int, b: int) -> int:
+    return _ceil_div(a, b) * b
+
+
+# ---- workspace layout ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkspaceLayout:
+    """Byte offsets of the buffers in a workspace. The int32 metadata (work list, merge index, copies
+    of the index arrays) comes first and is uploaded with one copy; the float32 partial states follow."""
+
+    capacity: Capacity
+    num_qo_heads: int
+    head_dim: int
+    work: int
+    merge_indptr: int
+    merge_indices: int
+    qo_indptr: int
+    kv_indptr: int
+    kv_last_page_len: int
+    kv_indices: int
+    metadata_bytes: int
+    partial_o: int
+    partial_lse: int
+    total_bytes: int
+
+
+def layout(cap: Capacity, num_qo_heads: int, head_dim: int) -> WorkspaceLayout:
+    sizes = {
+        "work": cap.work_items * WORK_ITEM_FIELDS * 4,
+        "merge_indptr": (cap.tokens + 1) * 4,
+        "merge_indices": cap.partial_rows * 4,
+        "qo_indptr": (cap.batch + 1) * 4,
+        "kv_indptr": (cap.batch + 1) * 4,
+        "kv_last_page_len": cap.batch * 4,
+        "kv_indices": cap.pages * 4,
+    }
+    offsets, at = {}, 0
+    for name, size in sizes.items():
+        offsets[name] = at
+        at += _round_up(size, ALIGN_BYTES)
+    metadata_bytes = at
+    offsets["partial_o"] = at
+    at += _round_up(cap.partial_rows * num_qo_heads * head_dim * 4, ALIGN_BYTES)
+    offsets["partial_lse"] = at
+    at += _round_up(cap.partial_rows * num_qo_heads * 4, ALIGN_BYTES)
+    return WorkspaceLayout(
+        cap, num_qo_heads, head_dim, metadata_bytes=metadata_bytes, total_bytes=at, **offsets
+    )
+
+
+def workspace_size(
+    num_qo_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    *,
+    max_batch_size: int,
+    max_num_tokens: int | None = None,
+    max_num_pages: int = 0,
+    num_sms: int = 132,
+    cta_tile_q: int = 1,
+    decode: bool = True,
+) -> int:
+    """Bytes of workspace a configuration needs. max_num_tokens defaults to max_batch_size (decode);
+    max_num_pages is room for a copy of kv_indices (CUDA-graph wrappers, or kv_indices given on the
+    host). cta_tile_q = 1 is the safe bound for any kernel; the wrappers pass the kernel's own."""
+    tokens = max_batch_size if max_num_tokens is None else max_num_tokens
+    cap = capacity(
+        max_batch=max_batch_size,
+        max_tokens=tokens,
+        group=num_qo_heads // num_kv_heads,
+        cta_tile_q=cta_tile_q,
+        num_sms=num_sms,
+        decode=decode,
+        max_pages=max_num_pages,
+    )
+    return layout(cap, num_qo_heads, head_dim).total_bytes
+
+
+def pack_metadata(plan_: Plan, lay: WorkspaceLayout, host: np.ndarray, indptrs: dict[str, np.ndarray]) -> int:
+    """Write a plan (and the index arrays named in indptrs, e.g. {"kv_indptr": ...}) into `host`, an
+    int32 view of the pinned staging buffer laid out like the workspace. Returns the bytes to upload
+    (everything up to the end of the last buffer written)."""
+    end = 0
+
+    def put(name: str, values: np.ndarray, limit: int) -> None:
+        nonlocal end
+        if values.shape[0] > limit:
+            raise ValueError(
+                f"{name} needs {values.shape[0]} entries but the workspace holds {limit}: "
+                "size the workspace with workspace_size() for these bounds"
+            )
+        start = getattr(lay, name) // 4
+        host[start : start + values.shape[0]] = values
+        end = max(end, (start + values.shape[0]) * 4)
+
+    cap = lay.capacity
+    put("work", plan_.work.reshape(-1), cap.work_items * WORK_ITEM_FIELDS)
+    put("merge_indptr", plan_.merge_indptr, cap.tokens + 1)
+    put("merge_indices", plan_.merge_indices, cap.partial_rows)
+    limits = {
+        "qo_indptr": cap.batch + 1,
+        "kv_indptr": cap.batch + 1,
+        "kv_last_page_len": cap.batch,
+        "kv_indices": cap.pages,
+    }
+    for name, values in indptrs.items():
+        put(name, values, limits[name])
+    return end
