@@ -20,11 +20,12 @@ import torch
 
 DEFAULT_FACTOR = 3.0
 
-# NaN bit patterns with a payload that CUDA's canonical NaNs (0x7fff, 0x7fffffff) and PyTorch's do not use.
+# NaN bit patterns with a payload that canonical NaNs (CUDA: 0x7fff, 0x7fffffff; CPUs: ...) never have.
 _POISON = {
     torch.bfloat16: (torch.int16, 0x7FA5),
     torch.float16: (torch.int16, 0x7E5A),
     torch.float32: (torch.int32, 0x7FA5A5A5),
+    torch.float64: (torch.int64, 0x7FF4A5A5A5A5A5A5),
 }
 
 
@@ -61,7 +62,8 @@ class Comparison:
     elements: int
     unwritten: int  # elements still holding the poison NaN
     nan: int  # other NaNs
-    empty_row_errors: int  # elements of rows without a visible key that are not exactly 0 (o) or -inf (lse)
+    empty_row_errors: int  # elements of rows without a visible key that are not exactly 0 (o) or -inf (lse),
+    # or (merge) of rows without a state that were overwritten
 
     @property
     def passed(self) -> bool:
@@ -80,7 +82,8 @@ class Comparison:
         if self.nan:
             found.append(f"{self.nan} NaN")
         if self.empty_row_errors:
-            found.append(f"{self.empty_row_errors} elements of rows with no visible key not 0 / -inf")
+            found.append(f"{self.empty_row_errors} elements of empty rows wrong (no key: not 0 / -inf; "
+                         "no merge state: overwritten)")
         if self.max_abs_err > self.tolerance:
             found.append(f"max abs error {self.max_abs_err:.3g} > tolerance {self.tolerance:.3g}")
         return "; ".join(found)

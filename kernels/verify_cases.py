@@ -41,7 +41,7 @@ class Limits:
 
 
 GPU_LIMITS = Limits()
-CPU_LIMITS = Limits(max_batch=6, max_kv_len=300, max_q_len=40)
+CPU_LIMITS = Limits(max_batch=6, max_kv_len=2000, max_q_len=40)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,107 @@
+"""bench's outputs from a report dict (BenchReport.to_dict): a rich table, CSV rows, a matplotlib plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from rich.table import Table
+
+SHORT = {"ours": "ours", "sdpa-flash": "flash", "sdpa-cudnn": "cudnn", "sdpa-efficient": "effic.",
+         "flex": "flex"}
+STATUS_TEXT = {"unsupported": "n/a", "wrong": "WRONG", "error": "error", "not built": "not built"}
+CSV_FIELDS = ("workload", "group", "variant", "method", "status", "median_us", "p20_us", "p80_us", "tflops",
+              "gbps", "pct_of_peak", "bound", "speedup", "max_abs_err", "tolerance", "note")
+
+
+def peaks_line(report: dict) -> str:
+    d = report["device"]
+    return (f"{d['name']}: {d['num_sms']} SMs, copy {d['copy_gbps']:.0f} GB/s (read + write), "
+            f"bf16 matmul {d['matmul_tflops']:.0f} TFLOP/s (measured now)")
+
+
+def method_names(report: dict) -> list[str]:
+    names: list[str] = []
+    for row in report["rows"]:
+        for m in row["methods"]:
+            if m["name"] not in names:
+                names.append(m["name"])
+    return names
+
+
+def table(report: dict) -> Table:
+    t = Table(title=peaks_line(report), title_justify="left")
+    t.add_column("workload", no_wrap=True)
+    for col in ("ours us", "TFLOP/s", "GB/s", "% peak"):
+        t.add_column(col, justify="right")
+    baselines = [n for n in method_names(report) if n != "ours"]
+    for name in baselines:
+        t.add_column(f"{SHORT.get(name, name)} us", justify="right")
+    t.add_column("speedup", justify="right")
+    for row in report["rows"]:
+        methods = {m["name"]: m for m in row["methods"]}
+        ours = methods.get("ours", {"status": "error", "median_us": None})
+        cells = [row["workload"]["name"], _time(ours)]
+        if ours.get("median_us"):
+            peak = f"{ours['pct_of_peak']:.0f}% {row['bound'][:3]}"
+            cells += [f"{ours['tflops']:.1f}", f"{ours['gbps']:.0f}", peak]
+        else:
+            cells += ["", "", ""]
+        cells += [_time(methods[n]) if n in methods else "" for n in baselines]
+        speedup = row["speedup"]
+        cells.append("" if speedup is None else f"[{'green' if speedup >= 1 else 'red'}]{speedup:.2f}x[/]")
+        t.add_row(*cells)
+    return t
+
+
+def _time(m: dict) -> str:
+    if m["status"] == "ok":
+        return f"{m['median_us']:.1f}"
+    return f"[yellow]{STATUS_TEXT.get(m['status'], m['status'])}[/]"
+
+
+def to_csv(report: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in report["rows"]:
+        for m in row["methods"]:
+            writer.writerow({
+                "workload": row["workload"]["name"], "group": row["workload"]["group"],
+                "variant": row["variant"],
+                "method": m["name"], "bound": row["bound"],
+                "speedup": row["speedup"] if m["name"] == "ours" else None,
+                **{k: m[k] for k in CSV_FIELDS if k in m and k != "name"},
+            })
+    return buf.getvalue()
+
+
+def plot(report: dict, path: str) -> None:
+    """Horizontal grouped bars of the median time per workload (log scale), ours beside each peer."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'flashinfer-build[bench]'") from None
+    rows, names = report["rows"], method_names(report)
+    height = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) * max(len(names), 2) / 2 + 1.5))
+    for i, name in enumerate(names):
+        ys, xs = [], []
+        for r, row in enumerate(rows):
+            m = next((m for m in row["methods"] if m["name"] == name), None)
+            if m and m["status"] == "ok":
+                ys.append(r + i * height)
+                xs.append(m["median_us"])
+        ax.barh(ys, xs, height=height, label=name)
+    ax.set_yticks([r + 0.4 - height / 2 for r in range(len(rows))], [row["workload"]["name"] for row in rows])
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("median time per call (us, log scale; shorter is faster)")
+    ax.set_title(peaks_line(report), fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
