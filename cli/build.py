@@ -6,6 +6,7 @@ import os
 import time
 
 import click
+from rich.markup import escape
 
 from ..wheelbuild import build as builder
 from ..wheelbuild import toolchain
@@ -26,5 +27,5 @@ def build(**cli_values) -> None:
     if options.dry_run:
         return
     for arch, pack in sorted(result.packs.items()):
-        log.print(f"[green]pack[/] {arch}: {pack}")
+        log.print(f"[green]pack[/] {arch}: {escape(str(pack))}")
     log.print(f"done in {time.monotonic() - start:.1f} s")

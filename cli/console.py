@@ -16,5 +16,6 @@ def _width(stream) -> int | None:
     return None if stream.isatty() else PIPE_WIDTH
 
 
-log = Console(stderr=True, highlight=False, width=_width(sys.stderr))
-out = Console(highlight=False, width=_width(sys.stdout))
+# soft_wrap: messages (paths, pip commands) stay on one line, so they can be copied whole.
+log = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
+out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))

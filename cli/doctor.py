@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from ..wheelbuild import doctor as checks
@@ -28,10 +29,12 @@ def doctor(build_dir: str, as_json: bool) -> None:
         for part in ("nvcc", "cutlass", "ninja", "host_compiler"):
             info = tc[part]
             where = info.get("path") or info.get("include")
-            extra = f" [dim]({info['from']})[/]" if "from" in info else ""
-            out.print(f"[green]✓[/] {part:<14} {info['version']}  {where}{extra}")
+            extra = f" ({info['from']})" if "from" in info else ""
+            out.print(
+                f"[green]✓[/] {part:<14} {escape(info['version'])}  {escape(where)}[dim]{escape(extra)}[/]"
+            )
     else:
-        out.print(f"[red]✗ toolchain[/]      {tc['error']}")
+        out.print(f"[red]✗ toolchain[/]      {escape(tc['error'])}")
     gpu = report["gpu"]
     if gpu["present"]:
         cc = ".".join(map(str, gpu["capability"]))

@@ -6,6 +6,7 @@ import json
 import os
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from ..wheelbuild import status as st
@@ -34,7 +35,7 @@ def listing(installed: bool, as_json: bool, **cli_values) -> None:
     except ToolchainError as e:
         tc = None
         if not as_json:
-            log.print(f"[yellow]no toolchain, cache status unknown:[/] {e}")
+            log.print(f"[yellow]no toolchain, cache status unknown:[/] {escape(str(e))}")
     matrix, statuses = st.variant_statuses(options, tc)
     if as_json:
         out.print_json(json.dumps(st.listing(options, matrix, statuses)))

@@ -13,6 +13,7 @@ import importlib.util
 import sys
 
 import click
+from rich.markup import escape
 
 from ..wheelbuild.errors import FlashinferBuildError
 from .console import log
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="flashinfer-build", standalone_mode=False)
     except FlashinferBuildError as e:
-        log.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        log.print(f"[bold red]error:[/] {escape(str(e))}")
         return e.exit_code
     except click.exceptions.Abort:
         log.print("[red]interrupted[/]")

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from ..wheelbuild import build as builder
 from ..wheelbuild import toolchain
@@ -28,4 +29,4 @@ def wheel(**cli_values) -> None:
             log.print(f"[yellow]no {arch} pack: none of its selected variants has a template yet[/]")
             continue
         path = build_wheel(result.packs[arch], Path(options.dist_dir), env=os.environ)
-        log.print(f"[green]wheel[/] {path}  [dim]{path.stat().st_size / 1e6:.1f} MB[/]")
+        log.print(f"[green]wheel[/] {escape(str(path))}  [dim]{path.stat().st_size / 1e6:.1f} MB[/]")

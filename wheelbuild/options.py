@@ -18,6 +18,9 @@ pyproject path are passed in, so tests describe any setting with plain dicts.
     lineinfo    FLASHINFER_BUILD_LINEINFO     lineinfo       False (device line info for profilers; it
                                                                     embeds paths and file times, so such
                                                                     builds are not byte-reproducible)
+    csrc_dir    FLASHINFER_BUILD_CSRC_DIR     csrc-dir       the installed kernels/csrc (kernel sources
+                                                                    and instantiate/ templates; tests point
+                                                                    it at a fixture tree)
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ _ENV = {
     "dist_dir": ("FLASHINFER_BUILD_DIST_DIR",),
     "keep_going": ("FLASHINFER_BUILD_KEEP_GOING",),
     "lineinfo": ("FLASHINFER_BUILD_LINEINFO",),
+    "csrc_dir": ("FLASHINFER_BUILD_CSRC_DIR",),
 }
 _PYPROJECT = {
     "matrix": ("matrix", "preset"),
@@ -130,6 +134,7 @@ _PYPROJECT = {
     "dist_dir": ("dist-dir",),
     "keep_going": ("keep-going",),
     "lineinfo": ("lineinfo",),
+    "csrc_dir": ("csrc-dir",),
 }
 
 
