@@ -17,6 +17,12 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 // log2(x) with the MUFU unit (lg2.approx: 0 -> -inf).
+// e^x through fast_exp2.
+__device__ __forceinline__ float fast_exp(float x) {
+  constexpr float kLog2eF = 1.4426950408889634f;
+  return fast_exp2(x * kLog2eF);
+}
+
 __device__ __forceinline__ float fast_log2(float x) {
   float y;
   asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));

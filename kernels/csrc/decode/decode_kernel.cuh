@@ -1,0 +1,252 @@
+// Decode layer: the batch-decode kernel over a paged (or ragged) KV cache and its entry points.
+//
+// Grid (num_work, num_kv_heads). CTA (i, h) runs work item i for KV head h: the packed query rows
+// [qo_begin, qo_end) of its request's single query token (row = head within the group, so GQA
+// groups share every KV byte read), over keys [kv_begin, kv_end) cut to the variant's kv_range.
+// KV tiles of kTileKv keys stream through a kStages-deep cp.async pipeline; each warp takes
+// 16-key slices of a tile for its m-tile of 16 rows (warps with the same m-tile split the keys),
+// and the warps' partial softmax states are combined through shared memory at the end. The
+// result goes to o/lse, or to float32 partial rows (partial_row >= 0) for the merge kernel.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <math.h>
+
+#include "../api.h"
+#include "../common/convert.cuh"
+#include "../common/cp_async.cuh"
+#include "../common/launch.cuh"
+#include "../common/math.cuh"
+#include "../common/vec.cuh"
+#include "../fusion/rope.cuh"
+#include "../fusion/variant.cuh"
+#include "decode_traits.cuh"
+#include "kv_tile_loader.cuh"
+#include "warp_mma_sm80.cuh"
+
+namespace fib::decode {
+
+template <class Tr>
+constexpr float kRealPerStored = [] {
+  if constexpr (Tr::kFp8) return Fp8Unpack<typename Tr::KvType>::kRealPerHalf;
+  return 1.0f;
+}();
+
+// Number of keys of `request` (paged: full pages plus the last page's fill).
+__device__ __forceinline__ int32_t kv_length(const fib_attention_params& p, int request) {
+  const int32_t count = p.kv_indptr[request + 1] - p.kv_indptr[request];
+  if (p.kv_indices == nullptr) return count;
+  return count > 0 ? (count - 1) * p.page_size + p.kv_last_page_len[request] : 0;
+}
+
+// Copies the CTA's query rows into shared memory as Math (Q, fp16 for fp8 KV), applying RoPE at
+// the query's position; rows past the work item's are zeroed so every m-tile computes on finite data.
+template <class Tr, class Var>
+__device__ __forceinline__ void stage_q(const fib_attention_params& p, const fib_work_item& item, int rows, int group,
+                                        int kv_head, float q_pos, char* s_q, int tid) {
+  using QN = typename Tr::QNative;
+  using M = typename Tr::Math;
+  constexpr int kGroups = Tr::kHeadDim / 8;  // 8-dim groups per row
+  constexpr bool kRope = Var::kPos == PosEncoding::kRope;
+  constexpr int kTasksPerRow = kRope ? kGroups / 2 : kGroups;  // RoPE: a task rotates groups g and g + kGroups / 2
+  for (int task = tid; task < Tr::kTileQ * kTasksPerRow; task += Tr::kThreads) {
+    const int row = task / kTasksPerRow, g = task % kTasksPerRow;
+    float x[2][8] = {};
+    if (row < rows) {
+      const int packed = item.qo_begin + row;
+      const int head = kv_head * group + packed % group;
+      const QN* src = static_cast<const QN*>(p.q) + int64_t(item.request) * p.q_stride_n + int64_t(head) * p.q_stride_h;
+#pragma unroll
+      for (int half = 0; half < (kRope ? 2 : 1); ++half) {
+        const auto v = Vec<QN, 8>::load(src + 8 * (g + half * kGroups / 2));
+#pragma unroll
+        for (int e = 0; e < 8; ++e) x[half][e] = to_float(v[e]);
+      }
+      if constexpr (kRope) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) rope_rotate(q_pos, rope_inv_freq(p, 8 * g + e, Tr::kHeadDim), x[0][e], x[1][e]);
+      }
+    }
+#pragma unroll
+    for (int half = 0; half < (kRope ? 2 : 1); ++half) {
+      Vec<M, 8> out;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) out[e] = from_float<M>(x[half][e]);
+      out.store(reinterpret_cast<M*>(s_q + row * Tr::kQPitch) + 8 * (g + half * kGroups / 2));
+    }
+  }
+}
+
+template <typename QT, typename KVT, int HeadDim, class Var>
+__global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
+    decode_kernel(const __grid_constant__ fib_attention_params p) {
+  using Tr = DecodeTraits<QT, KVT, HeadDim>;
+  using QN = typename Tr::QNative;
+  constexpr bool kRope = Var::kPos == PosEncoding::kRope;
+  extern __shared__ __align__(128) char smem[];
+
+  const fib_work_item item = p.work[blockIdx.x];
+  if (item.request < 0) return;  // padding of a fixed-size grid
+  const int kv_head = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int group = p.num_qo_heads / p.num_kv_heads;
+  const int rows = min(item.qo_end - item.qo_begin, Tr::kTileQ);
+  const int kv_len = kv_length(p, item.request);
+
+  // Decode: one query token per request, at position kv_len - 1. For it, kv_range is exact (every
+  // key inside is visible), so the mainloop needs no per-element mask, only the tail cut.
+  const RowContext ctx{item.request, 1, kv_len, 0};
+  int32_t lo, hi;
+  Var::kv_range(p, ctx, 0, 0, &lo, &hi);
+  const int32_t kv_begin = max(item.kv_begin, lo), kv_end = min(item.kv_end, hi);
+  const int num_tiles = kv_end > kv_begin ? ceil_div(kv_end - kv_begin, Tr::kTileKv) : 0;
+  const KvSource src{p.kv_indptr[item.request], kv_head};
+
+  int64_t* offsets = reinterpret_cast<int64_t*>(smem + Tr::kOffsetsAt);  // (kStages, kTileKv)
+  char* s_q = smem + Tr::kQAt;                                            // (kTileQ, kQPitch)
+  stage_q<Tr, Var>(p, item, rows, group, kv_head, float(Var::query_pos(ctx, 0)), s_q, tid);
+  if (tid < Tr::kTileKv) {
+#pragma unroll
+    for (int t = 0; t < Tr::kStages; ++t) {
+      offsets[t * Tr::kTileKv + tid] = t < num_tiles ? kv_row_offset(p, src, kv_begin + t * Tr::kTileKv + tid, kv_end) : -1;
+    }
+  }
+  __syncthreads();
+
+  // Warp roles: m-tiles of 16 rows; the warps of one m-tile take every slices-th key slice.
+  const int m_tiles = ceil_div(rows, 16);
+  const int slices = Tr::kWarps / m_tiles;
+  const int m_tile = warp % m_tiles, slice = warp / m_tiles;
+  const bool active = slice < slices;
+  const int r = lane / 4, c = lane % 4;
+  const char* q_row0 = s_q + (m_tile * 16 + r) * Tr::kQPitch;
+  uint32_t qf[Tr::kQInRegisters ? Tr::kKSteps : 1][4];
+  if constexpr (Tr::kQInRegisters) {
+#pragma unroll
+    for (int j = 0; j < Tr::kKSteps; ++j) load_q_step<Tr>(q_row0, c, j, qf[j]);
+  }
+  float inv_freq[Tr::kKPairs];
+  if constexpr (kRope) rope_k_frequencies<Tr>(p, c, inv_freq);
+
+  // Logit of raw dot product s for key kv in the log2 domain (k_scale folded in; fp8 widened to
+  // fp16 reads kRealPerStored too small).
+  const float k_scale = p.k_scale * kRealPerStored<Tr>;
+  const float scale_log2 = Var::softmax_scale_log2(p);
+  RowContext row_ctx[2] = {ctx, ctx};
+#pragma unroll
+  for (int h = 0; h < 2; ++h) row_ctx[h].qo_head = kv_head * group + (item.qo_begin + m_tile * 16 + r + 8 * h) % group;
+
+  WarpState<Tr> st;
+  init_state<Tr>(st);
+
+#pragma unroll
+  for (int t = 0; t < Tr::kStages - 1; ++t) {
+    if (t < num_tiles) issue_tile<Tr>(p, smem + t * Tr::kStageBytes, offsets + t * Tr::kTileKv, tid);
+    cp_async_commit();
+  }
+  for (int t = 0; t < num_tiles; ++t) {
+    cp_async_wait<Tr::kStages - 2>();
+    __syncthreads();  // tile t landed for all threads; tile t - 1's stage is free
+    const int next = t + Tr::kStages - 1;
+    if (next < num_tiles) {
+      issue_tile<Tr>(p, smem + (next % Tr::kStages) * Tr::kStageBytes, offsets + (next % Tr::kStages) * Tr::kTileKv, tid);
+    }
+    cp_async_commit();
+    const int far = t + Tr::kStages;  // its page lookup runs under this tile's compute
+    int64_t far_offset = -1;
+    if (tid < Tr::kTileKv && far < num_tiles) far_offset = kv_row_offset(p, src, kv_begin + far * Tr::kTileKv + tid, kv_end);
+
+    const int tile_pos = kv_begin + t * Tr::kTileKv;
+    const char* s_k = smem + (t % Tr::kStages) * Tr::kStageBytes;
+    const char* s_v = s_k + Tr::kTileKv * Tr::kRowBytes;
+    if (active) {
+      for (int ks = slice; ks < Tr::kWarps && tile_pos + ks * Tr::kSliceKeys < kv_end; ks += slices) {
+        const int key0 = ks * Tr::kSliceKeys;
+        float s[2][4];
+        qk_slice<Tr, kRope>(s_k, key0, lane, qf, q_row0, inv_freq, tile_pos, s);
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int kv = tile_pos + key0 + 8 * n + 2 * c + (e & 1);
+            float x = s[n][e] * k_scale;
+            if constexpr (Var::kNeedsPerElementTransform) x = Var::logits_transform(p, row_ctx[e >> 1], 0, kv, x);
+            s[n][e] = kv < kv_end ? x * scale_log2 : -INFINITY;
+          }
+        }
+        softmax_slice<Tr>(st, s);
+        pv_slice<Tr>(st, s_v, key0, lane, s);
+      }
+    }
+    if (tid < Tr::kTileKv && far < num_tiles) {
+      offsets[(far % Tr::kStages) * Tr::kTileKv + tid] = far_offset;
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Combine the warps of each m-tile: (o, m, l) through the now idle pipeline buffers.
+  float* s_o = reinterpret_cast<float*>(smem);  // (kWarps, 16, kOPitch)
+  float* s_m = s_o + Tr::kWarps * 16 * Tr::kOPitch;
+  float* s_l = s_m + Tr::kWarps * 16;
+  if (active) store_state<Tr>(st, lane, s_o + warp * 16 * Tr::kOPitch, s_m + warp * 16, s_l + warp * 16);
+  __syncthreads();
+
+  const float v_scale = p.v_scale * kRealPerStored<Tr>;
+  constexpr int kGroups = Tr::kHeadDim / 8;
+  for (int task = tid; task < rows * kGroups; task += Tr::kThreads) {
+    const int row = task / kGroups, g = task % kGroups;
+    const int mt = row / 16, rr = row % 16;
+    float m = -INFINITY;
+    for (int s = 0; s < slices; ++s) m = fmaxf(m, s_m[(mt + s * m_tiles) * 16 + rr]);
+    const float m_ref = m == -INFINITY ? 0.0f : m;
+    float l = 0.0f, acc[8] = {};
+    for (int s = 0; s < slices; ++s) {
+      const int w = (mt + s * m_tiles) * 16 + rr;
+      const float f = fast_exp2(s_m[w] - m_ref);
+      l += s_l[w] * f;
+      const float4* src_o = reinterpret_cast<const float4*>(s_o + w * Tr::kOPitch + 8 * g);
+      const float4 a = src_o[0], b = src_o[1];
+      acc[0] += f * a.x, acc[1] += f * a.y, acc[2] += f * a.z, acc[3] += f * a.w;
+      acc[4] += f * b.x, acc[5] += f * b.y, acc[6] += f * b.z, acc[7] += f * b.w;
+    }
+    // A row that saw no key: o = 0, lse = -inf (api.h).
+    const float norm = l > 0.0f ? v_scale / l : 0.0f;
+    const float lse = l > 0.0f ? (m_ref + __log2f(l)) * kLn2 : -INFINITY;
+    const int packed = item.qo_begin + row;
+    const int head = kv_head * group + packed % group;
+    if (item.partial_row >= 0) {
+      const int64_t prow = int64_t(item.partial_row) * p.num_qo_heads + head;
+      float4* dst = reinterpret_cast<float4*>(p.partial_o + prow * Tr::kHeadDim + 8 * g);
+      dst[0] = make_float4(acc[0] * norm, acc[1] * norm, acc[2] * norm, acc[3] * norm);
+      dst[1] = make_float4(acc[4] * norm, acc[5] * norm, acc[6] * norm, acc[7] * norm);
+      if (g == 0) p.partial_lse[prow] = lse;
+    } else {
+      Vec<QN, 8> out;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) out[e] = from_float<QN>(acc[e] * norm);
+      out.store(static_cast<QN*>(p.o) + int64_t(item.request) * p.o_stride_n + int64_t(head) * p.o_stride_h + 8 * g);
+      if (g == 0 && p.lse != nullptr) p.lse[int64_t(item.request) * p.num_qo_heads + head] = lse;
+    }
+  }
+}
+
+template <typename QT, typename KVT, int HeadDim, class Var>
+cudaError_t run(const fib_attention_params* p, cudaStream_t stream) {
+  using Tr = DecodeTraits<QT, KVT, HeadDim>;
+  if (p->num_work <= 0 || p->num_kv_heads <= 0) return cudaSuccess;
+  const auto kernel = decode_kernel<QT, KVT, HeadDim, Var>;
+  const cudaError_t err = allow_dynamic_smem(kernel, Tr::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  kernel<<<dim3(p->num_work, p->num_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(*p);
+  return cudaGetLastError();
+}
+
+template <typename QT, typename KVT, int HeadDim, class Var>
+cudaError_t info(fib_kernel_info* info) {
+  using Tr = DecodeTraits<QT, KVT, HeadDim>;
+  return fill_kernel_info(info, decode_kernel<QT, KVT, HeadDim, Var>, Tr::kThreads, Tr::kSmemBytes, Tr::kTileQ,
+                          Tr::kTileKv);
+}
+
+}  // namespace fib::decode

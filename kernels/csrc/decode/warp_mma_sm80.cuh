@@ -1,0 +1,233 @@
+// Decode layer: one warp's share of a KV tile on the sm80 tensor cores (mma.sync m16n8k16, also
+// what sm90a runs until a wgmma mainloop exists): S = Q K^T for 16 keys, the online softmax, and
+// O += P V, for the warp's m-tile of 16 packed query rows.
+//
+// Operand layouts (common/mma.cuh) are met without ldmatrix, from 16-byte shared-memory reads, by
+// permuting the two summed-over indices, which changes no result:
+//  - Q K^T sums over the head dim. Lane (r, c) reads chunks c + 4m of key row r and feeds their
+//    elements, in order, as its B words; the Q fragments are read from the same dims.
+//  - P V sums over keys; its output dims are permuted instead: lane (r, c) holds, in n-tile u,
+//    output dim r * kDimTiles + u, so it reads one contiguous run of kDimTiles values per value row
+//    and pairs rows 2c/2c+1 (and 2c+8/2c+9) with one byte permute per word. The combine undoes
+//    the permutation when it writes o.
+// fp8 words are widened to fp16 pairs right after the read (exact, convert.cuh).
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include "../common/convert.cuh"
+#include "../common/math.cuh"
+#include "../common/mma.cuh"
+#include "../common/vec.cuh"
+#include "../fusion/rope.cuh"
+#include "decode_traits.cuh"
+
+namespace fib::decode {
+
+template <class Tr>
+struct WarpState {
+  float o[Tr::kDimTiles][4];  // (16 rows, kHeadDim) accumulator, dims permuted (see above)
+  float m[2];                 // running max of rows r and r + 8, log2 domain
+  float l[2];                 // this lane's share of their running sums
+};
+
+template <class Tr>
+__device__ __forceinline__ void init_state(WarpState<Tr>& st) {
+#pragma unroll
+  for (int u = 0; u < Tr::kDimTiles; ++u) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) st.o[u][e] = 0.0f;
+  }
+  st.m[0] = st.m[1] = -INFINITY;
+  st.l[0] = st.l[1] = 0.0f;
+}
+
+// Physical head dim of the first of the 4 elements lane c feeds to k-step j.
+template <class Tr>
+__device__ __forceinline__ int qk_dim(int c, int j) {
+  const int flat = 4 * j;
+  return (c + 4 * (flat / Tr::kChunkElems)) * Tr::kChunkElems + flat % Tr::kChunkElems;
+}
+
+// A fragment of k-step j for the m-tile whose row r starts at `q_row0` (Q staged as Math, (rows, kQPitch)).
+template <class Tr>
+__device__ __forceinline__ void load_q_step(const char* q_row0, int c, int j, uint32_t (&a)[4]) {
+  const int at = qk_dim<Tr>(c, j) * 2;
+  const uint2 lo = *reinterpret_cast<const uint2*>(q_row0 + at);
+  const uint2 hi = *reinterpret_cast<const uint2*>(q_row0 + 8 * Tr::kQPitch + at);
+  a[0] = lo.x;
+  a[2] = lo.y;
+  a[1] = hi.x;
+  a[3] = hi.y;
+}
+
+// Inverse RoPE frequencies of the dims this lane holds in the first half of a key row, in the
+// order of its operand words' elements.
+template <class Tr>
+__device__ __forceinline__ void rope_k_frequencies(const fib_attention_params& p, int c, float (&inv_freq)[Tr::kKPairs]) {
+  constexpr int kPairsPerChunk = Tr::kChunkElems / 2;
+#pragma unroll
+  for (int w = 0; w < Tr::kKPairs / 2; ++w) {
+    const int dim = (c + 4 * (w / kPairsPerChunk)) * Tr::kChunkElems + 2 * (w % kPairsPerChunk);
+    inv_freq[2 * w] = rope_inv_freq(p, dim, Tr::kHeadDim);
+    inv_freq[2 * w + 1] = rope_inv_freq(p, dim + 1, Tr::kHeadDim);
+  }
+}
+
+// Lane (r, c)'s B words of key row `row` for all k-steps: word 2j and 2j+1 feed k-step j.
+template <class Tr>
+__device__ __forceinline__ void load_k_words(const char* s_k, int row, int c, uint32_t (&kw)[Tr::kKPairs]) {
+  constexpr int kPairsPerChunk = Tr::kChunkElems / 2;
+#pragma unroll
+  for (int m = 0; m < Tr::kKChunksPerLane; ++m) {
+    const auto w = Words<Tr::kChunkBytes>::load(s_k + Tr::chunk_at(row, c + 4 * m));
+#pragma unroll
+    for (int q = 0; q < Tr::kChunkWords; ++q) {
+      if constexpr (Tr::kFp8) {
+        Fp8Unpack<typename Tr::KvType>::to_half2x2(w.w[q], kw[m * kPairsPerChunk + 2 * q],
+                                                   kw[m * kPairsPerChunk + 2 * q + 1]);
+      } else {
+        kw[m * kPairsPerChunk + q] = w.w[q];
+      }
+    }
+  }
+}
+
+// RoPE on one key row held as operand words: word w pairs with word w + kKPairs / 2 (dims d and
+// d + kHeadDim / 2, see rope_k_frequencies).
+template <class Tr>
+__device__ __forceinline__ void rope_k_words(uint32_t (&kw)[Tr::kKPairs], const float (&inv_freq)[Tr::kKPairs],
+                                             float pos) {
+  using M = typename Tr::Math;
+  constexpr int kHalf = Tr::kKPairs / 2;
+#pragma unroll
+  for (int w = 0; w < kHalf; ++w) {
+    float2 lo = unpack2<M>(kw[w]), hi = unpack2<M>(kw[w + kHalf]);
+    rope_rotate(pos, inv_freq[2 * w], lo.x, hi.x);
+    rope_rotate(pos, inv_freq[2 * w + 1], lo.y, hi.y);
+    kw[w] = pack2<M>(lo.x, lo.y);
+    kw[w + kHalf] = pack2<M>(hi.x, hi.y);
+  }
+}
+
+// S (16 rows x 16 keys of the slice starting at tile row `key0`) = Q K^T, raw dot products.
+// s[t] is n-tile t: s[t][0..1] = rows r, keys key0 + 8t + 2c + {0,1}; s[t][2..3] = row r + 8.
+template <class Tr, bool kRope>
+__device__ __forceinline__ void qk_slice(const char* s_k, int key0, int lane, const uint32_t (*qf)[4],
+                                         const char* q_row0, const float (&inv_freq)[Tr::kKPairs], int tile_pos,
+                                         float (&s)[2][4]) {
+  using M = typename Tr::Math;
+  const int r = lane / 4, c = lane % 4;
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[t][e] = 0.0f;
+    const int row = key0 + 8 * t + r;
+    uint32_t kw[Tr::kKPairs];
+    load_k_words<Tr>(s_k, row, c, kw);
+    if constexpr (kRope) rope_k_words<Tr>(kw, inv_freq, float(tile_pos + row));
+#pragma unroll
+    for (int j = 0; j < Tr::kKSteps; ++j) {
+      const uint32_t b[2] = {kw[2 * j], kw[2 * j + 1]};
+      if constexpr (Tr::kQInRegisters) {
+        mma_m16n8k16<M>(s[t], qf[j], b);
+      } else {
+        uint32_t a[4];
+        load_q_step<Tr>(q_row0, c, j, a);
+        mma_m16n8k16<M>(s[t], a, b);
+      }
+    }
+  }
+}
+
+// Online softmax over one slice: s holds logits in the log2 domain (-inf where masked) and leaves
+// holding the unnormalized probabilities; o and l are rescaled to the new running max.
+template <class Tr>
+__device__ __forceinline__ void softmax_slice(WarpState<Tr>& st, float (&s)[2][4]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float mx = fmaxf(fmaxf(s[0][2 * h], s[0][2 * h + 1]), fmaxf(s[1][2 * h], s[1][2 * h + 1]));
+    mx = warp_max<3>(mx);
+    const float m_new = fmaxf(st.m[h], mx);
+    const float m_ref = m_new == -INFINITY ? 0.0f : m_new;  // no key seen yet: keep exp2 finite
+    const float corr = fast_exp2(st.m[h] - m_ref);
+    st.m[h] = m_new;
+    st.l[h] *= corr;
+#pragma unroll
+    for (int u = 0; u < Tr::kDimTiles; ++u) {
+      st.o[u][2 * h] *= corr;
+      st.o[u][2 * h + 1] *= corr;
+    }
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      s[t][2 * h] = fast_exp2(s[t][2 * h] - m_ref);
+      s[t][2 * h + 1] = fast_exp2(s[t][2 * h + 1] - m_ref);
+      st.l[h] += s[t][2 * h] + s[t][2 * h + 1];
+    }
+  }
+}
+
+// O += P V for the slice of 16 value rows starting at tile row `key0`.
+template <class Tr>
+__device__ __forceinline__ void pv_slice(WarpState<Tr>& st, const char* s_v, int key0, int lane,
+                                         const float (&p)[2][4]) {
+  using M = typename Tr::Math;
+  const int r = lane / 4, c = lane % 4;
+  const uint32_t a[4] = {pack2<M>(p[0][0], p[0][1]), pack2<M>(p[0][2], p[0][3]), pack2<M>(p[1][0], p[1][1]),
+                         pack2<M>(p[1][2], p[1][3])};
+  const int row0 = key0 + 2 * c;  // value rows row0, row0 + 1 (k = 2c, 2c+1) and row0 + 8, row0 + 9
+#pragma unroll
+  for (int q = 0; q < Tr::kVChunksPerLane; ++q) {
+    const int chunk = r * Tr::kVChunksPerLane + q;
+    const auto w0 = Words<Tr::kChunkBytes>::load(s_v + Tr::chunk_at(row0, chunk));
+    const auto w1 = Words<Tr::kChunkBytes>::load(s_v + Tr::chunk_at(row0 + 1, chunk));
+    const auto w2 = Words<Tr::kChunkBytes>::load(s_v + Tr::chunk_at(row0 + 8, chunk));
+    const auto w3 = Words<Tr::kChunkBytes>::load(s_v + Tr::chunk_at(row0 + 9, chunk));
+#pragma unroll
+    for (int x = 0; x < Tr::kChunkWords; ++x) {
+      if constexpr (Tr::kFp8) {
+        using Unpack = Fp8Unpack<typename Tr::KvType>;
+        const int u = q * Tr::kChunkElems + 4 * x;  // dims u .. u + 3
+        uint32_t b[4][2];
+        Unpack::to_half2x2(prmt(w0.w[x], w1.w[x], 0x5140), b[0][0], b[1][0]);
+        Unpack::to_half2x2(prmt(w0.w[x], w1.w[x], 0x7362), b[2][0], b[3][0]);
+        Unpack::to_half2x2(prmt(w2.w[x], w3.w[x], 0x5140), b[0][1], b[1][1]);
+        Unpack::to_half2x2(prmt(w2.w[x], w3.w[x], 0x7362), b[2][1], b[3][1]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) mma_m16n8k16<M>(st.o[u + i], a, b[i]);
+      } else {
+        const int u = q * Tr::kChunkElems + 2 * x;  // dims u, u + 1
+        const uint32_t b0[2] = {prmt(w0.w[x], w1.w[x], 0x5410), prmt(w2.w[x], w3.w[x], 0x5410)};
+        const uint32_t b1[2] = {prmt(w0.w[x], w1.w[x], 0x7632), prmt(w2.w[x], w3.w[x], 0x7632)};
+        mma_m16n8k16<M>(st.o[u], a, b0);
+        mma_m16n8k16<M>(st.o[u + 1], a, b1);
+      }
+    }
+  }
+}
+
+// Writes the warp's state for the cross-warp combine: o un-permuted into (16, kOPitch) floats,
+// m and the lane-summed l per row.
+template <class Tr>
+__device__ __forceinline__ void store_state(WarpState<Tr>& st, int lane, float* s_o, float* s_m, float* s_l) {
+  const int r = lane / 4, c = lane % 4;
+#pragma unroll
+  for (int u = 0; u < Tr::kDimTiles; ++u) {
+    const int d0 = 2 * c * Tr::kDimTiles + u, d1 = d0 + Tr::kDimTiles;
+    s_o[r * Tr::kOPitch + d0] = st.o[u][0];
+    s_o[r * Tr::kOPitch + d1] = st.o[u][1];
+    s_o[(r + 8) * Tr::kOPitch + d0] = st.o[u][2];
+    s_o[(r + 8) * Tr::kOPitch + d1] = st.o[u][3];
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float l = warp_sum<3>(st.l[h]);
+    if (c == 0) {
+      s_m[r + 8 * h] = st.m[h];
+      s_l[r + 8 * h] = l;
+    }
+  }
+}
+
+}  // namespace fib::decode
