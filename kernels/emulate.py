@@ -116,52 +116,69 @@ def execute(
     values: list[torch.Tensor],
     qo_lens,
     *,
-    mask: str = "none",
-    pos: str = "none",
-    sm_scale: float | None = None,
-    soft_cap: float | None = None,
-    window_left: int = -1,
-    custom_masks: list[torch.Tensor] | None = None,
-    alibi_slopes: torch.Tensor | None = None,
-    rope_theta: float = 1e4,
-    rope_scale: float = 1.0,
     dtype: torch.dtype = torch.float64,
+    **variant,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the plan's items as the kernels do. q: [total_q, Hq, D]; keys[r], values[r]: [kv_len, Hkv, D].
+    """Run the plan's items as the kernels do, then the merge. q: [total_q, Hq, D]; keys[r], values[r]:
+    [kv_len, Hkv, D]; variant: the reference's keywords (mask, pos, sm_scale, soft_cap, window_left,
+    custom_masks (one [q_len, kv_len] bool tensor per request), alibi_slopes, rope_theta, rope_scale).
 
     Returns o [total_q, Hq, D] and lse [total_q, Hq] in `dtype`; outputs and partial states start as
     NaN, so a row the plan never writes shows."""
+    o, lse = _poisoned(q, q.shape[0], dtype)
+    partial_o, partial_lse = _poisoned(q, max(p.num_partial_rows, 1), dtype)
+    run_items(p, q, keys, values, qo_lens, o, lse, partial_o, partial_lse, **variant)
+    merge_states(partial_o, partial_lse, p.merge_indptr, p.merge_indices, o, lse)
+    return o, lse
+
+
+def execute_cascade(cp, q, level_keys, level_values, *, dtype: torch.dtype = torch.float64, **variant):
+    """A kernels/cascade.py plan: every level's items into one partial buffer, then one merge across
+    levels. level_keys[l][r], level_values[l][r]: [kv_len, Hkv, D] of level l's request r."""
+    o, lse = _poisoned(q, q.shape[0], dtype)
+    partial_o, partial_lse = _poisoned(q, max(cp.num_partial_rows, 1), dtype)
+    for p, qo_lens, mask, keys, values in zip(
+        cp.levels, cp.level_qo_lens, cp.masks, level_keys, level_values, strict=True
+    ):
+        run_items(p, q, keys, values, qo_lens, o, lse, partial_o, partial_lse, mask=mask, **variant)
+    merge_states(partial_o, partial_lse, cp.merge_indptr, cp.merge_indices, o, lse)
+    return o, lse
+
+
+def _poisoned(q, rows, dtype):
+    nan = float("nan")
+    return torch.full((rows, *q.shape[1:]), nan, dtype=dtype), torch.full(
+        (rows, q.shape[1]), nan, dtype=dtype
+    )
+
+
+def run_items(
+    p: Plan,
+    q,
+    keys,
+    values,
+    qo_lens,
+    o,
+    lse,
+    partial_o,
+    partial_lse,
+    *,
+    custom_masks: list[torch.Tensor] | None = None,
+    **variant,
+) -> None:
+    """The attention kernel's part: every real work item for every KV head, written to o/lse or to
+    the partial states, exactly where the kernels write (api.h fib_work_item)."""
     num_kv_heads = keys[0].shape[1] if keys else 1
-    total_q, num_qo_heads, head_dim = q.shape
-    group = num_qo_heads // num_kv_heads
+    group = q.shape[1] // num_kv_heads
     qo = np.ones(len(keys), np.int64) if qo_lens is None else np.asarray(qo_lens, np.int64)
     token_start = np.concatenate([[0], np.cumsum(qo)])
-    nan = float("nan")
-    o = torch.full((total_q, num_qo_heads, head_dim), nan, dtype=dtype)
-    lse = torch.full((total_q, num_qo_heads), nan, dtype=dtype)
-    rows = max(p.num_partial_rows, 1)
-    partial_o = torch.full((rows, num_qo_heads, head_dim), nan, dtype=dtype)
-    partial_lse = torch.full((rows, num_qo_heads), nan, dtype=dtype)
-
     logits = {}
     for req, qb, qe, kb, ke, prow in p.work[: p.num_items].tolist():
         if req not in logits:
+            custom_mask = custom_masks[req] if custom_masks is not None else None
             q_r = q[token_start[req] : token_start[req + 1]]
-            logits[req] = _logits(
-                q_r,
-                keys[req],
-                mask=mask,
-                pos=pos,
-                sm_scale=sm_scale,
-                soft_cap=soft_cap,
-                window_left=window_left,
-                custom_mask=custom_masks[req] if custom_masks is not None else None,
-                alibi_slopes=alibi_slopes,
-                rope_theta=rope_theta,
-                rope_scale=rope_scale,
-                dtype=dtype,
-            )
-        s_all, v = logits[req], values[req].to(dtype)
+            logits[req] = _logits(q_r, keys[req], custom_mask=custom_mask, dtype=o.dtype, **variant)
+        s_all, v = logits[req], values[req].to(o.dtype)
         packed = torch.arange(qb, qe)
         token, head_in_group = packed // group, packed % group
         for kv_head in range(num_kv_heads):
@@ -169,14 +186,12 @@ def execute(
             s = s_all[head, token, kb:ke]  # (rows, keys)
             row_lse = torch.logsumexp(s, dim=-1)
             weights = torch.exp(s - row_lse[:, None]).nan_to_num(0.0)
-            row_o = torch.einsum("rk,rkd->rd", weights, v[kb:ke, kv_head][None].expand(len(packed), -1, -1))
+            row_o = torch.einsum("rk,kd->rd", weights, v[kb:ke, kv_head])
             if prow < 0:
                 o[token_start[req] + token, head], lse[token_start[req] + token, head] = row_o, row_lse
             else:
                 dest = prow + token - qb // group
                 partial_o[dest, head], partial_lse[dest, head] = row_o, row_lse
-    merge_states(partial_o, partial_lse, p.merge_indptr, p.merge_indices, o, lse)
-    return o, lse
 
 
 def merge_states(partial_o, partial_lse, merge_indptr, merge_indices, o, lse=None) -> None:
@@ -199,16 +214,16 @@ def _logits(
     q,
     k,
     *,
-    mask,
-    pos,
-    sm_scale,
-    soft_cap,
-    window_left,
-    custom_mask,
-    alibi_slopes,
-    rope_theta,
-    rope_scale,
-    dtype,
+    mask="none",
+    pos="none",
+    sm_scale=None,
+    soft_cap=None,
+    window_left=-1,
+    custom_mask=None,
+    alibi_slopes=None,
+    rope_theta=1e4,
+    rope_scale=1.0,
+    dtype=torch.float64,
 ):
     """Masked, transformed logits [Hq, q_len, kv_len] of one request (-inf where masked), built from
     the same hooks as kernels/reference.py."""

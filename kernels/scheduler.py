@@ -155,6 +155,7 @@ def plan(
     kv_bytes: int = 2,
     capacity: Capacity | None = None,
     fixed_grid: bool = False,
+    all_partial: bool = False,
     cost: CostModel = DEFAULT_COST,
 ) -> Plan:
     """Plan one batch. qo_lens (None for decode: one query per request) and kv_lens: int sequences.
@@ -162,7 +163,8 @@ def plan(
     capacity bounds the plan: a split that would not fit is not taken, a batch that does not fit even
     unsplit raises ValueError. fixed_grid pads the work list to capacity.work_items and the merge index
     to capacity.tokens rows, as a captured CUDA graph needs. kv_bytes (bytes per KV element) weighs
-    float32 partial states against KV reads in the cost model."""
+    float32 partial states against KV reads in the cost model. all_partial sends every request's
+    output to partial states and the merge index, split or not (cascade levels merge them later)."""
     kv = np.asarray(kv_lens, dtype=np.int64).reshape(-1)
     qo = np.ones_like(kv) if qo_lens is None else np.asarray(qo_lens, dtype=np.int64).reshape(-1)
     _check_problem(qo, kv, num_qo_heads, num_kv_heads, page_size, mask, window_left)
@@ -192,8 +194,12 @@ def plan(
                 np.array(sizes), tiles, lo, hi, qo, keys, longest, model, unsplit, *limits
             )
 
+    if all_partial and not chunk:
+        chunk = max(int(hi.max()) if hi.shape[0] else 1, 1)  # one chunk per tile
     if chunk:
-        items, merge_indptr, merge_indices, num_rows = _split(tiles, lo, hi, qo, kv, chunk, mask, window_left)
+        items, merge_indptr, merge_indices, num_rows = _split(
+            tiles, lo, hi, qo, kv, chunk, mask, window_left, all_partial
+        )
     else:
         items = np.stack([tiles.req, tiles.qo_begin, tiles.qo_end, lo, hi, np.full_like(lo, -1)], axis=1)
         merge_indptr, merge_indices, num_rows = np.zeros(num_tokens + 1, np.int64), np.zeros(0, np.int64), 0
@@ -352,18 +358,19 @@ def _choose_chunk(sizes, tiles, lo, hi, qo, keys, longest, model, unsplit, max_r
     return best_size, best_time, tuple(candidates)
 
 
-def _split(tiles, lo, hi, qo, kv, chunk, mask, window_left):
-    """Work items and merge index for KV chunks of `chunk` keys (layout: the module docstring)."""
+def _split(tiles, lo, hi, qo, kv, chunk, mask, window_left, all_partial):
+    """Work items and merge index for KV chunks of `chunk` keys (layout: the module docstring).
+    all_partial: every request writes partial states, split or not."""
     if tiles.one_token_per_request:
-        return _split_single_tokens(lo, hi, tiles.qo_end, chunk)
+        return _split_single_tokens(lo, hi, tiles.qo_end, chunk, all_partial)
     first = lo // chunk
     chunks = np.maximum(-(-hi // chunk) - first, 1)
     if tiles.one_per_request:
-        req_split, req_first, req_chunks = chunks > 1, first, chunks
+        req_split, req_first, req_chunks = (chunks > 1) | all_partial, first, chunks
     else:
         batch, starts, nonempty = qo.shape[0], tiles.nonempty_starts, tiles.nonempty
         req_split, req_first, req_chunks = np.zeros(batch, bool), np.zeros(batch, np.int64), np.zeros_like(qo)
-        req_split[nonempty] = np.maximum.reduceat(chunks, starts) > 1
+        req_split[nonempty] = (np.maximum.reduceat(chunks, starts) > 1) | all_partial
         req_first[nonempty] = np.minimum.reduceat(first, starts)
         req_chunks[nonempty] = np.maximum.reduceat(first + chunks, starts) - req_first[nonempty]
     block_rows = req_split * req_chunks * qo
@@ -396,13 +403,13 @@ def _split(tiles, lo, hi, qo, kv, chunk, mask, window_left):
     return items, merge_indptr, merge_indices, int(block_rows.sum())
 
 
-def _split_single_tokens(lo, hi, rows, chunk):
+def _split_single_tokens(lo, hi, rows, chunk, all_partial):
     """_split for one query token per request (decode), where request = tile = token: the same
     layout with fewer steps, as decode plans run every generated token."""
     windowed = bool(lo.any())
     first = lo // chunk if windowed else 0
     chunks = np.maximum((hi + (chunk - 1)) // chunk - first, 1)
-    split = chunks > 1
+    split = (chunks > 1) | all_partial
     block_rows = chunks * split
     row_ends = np.cumsum(block_rows)
     item_ends = np.cumsum(chunks)

@@ -1,0 +1,367 @@
+"""Shared-prefix (cascade) attention: KV that many queries share is read once for all of them.
+
+A cascade has levels. Each level groups the batch's query tokens (same tokens, same order, at every
+level) into requests over that level's KV: level 0 might hold one request with all n samples of a
+prompt over the prompt's pages; the last level one request per sample over the sample's own pages.
+Every query token attends each level's KV of its group, and the per-level states merge by their
+log-sum-exp into attention over the concatenated KV (prefix first). Levels compose: a prefix shared
+by all, a sub-prefix shared by some, then each request's own suffix.
+
+How it runs: a level whose requests have one query each runs the decode kernel; a level whose groups
+stack several queries runs the prefill kernel on them, so a shared prefix's KV is read once per
+group, not once per query. Shared levels use mask 'none' (the prefix precedes every query); the last
+level is causal when it holds several queries per request (appending). Every level writes float32
+partial states into one buffer, and ONE merge launch combines, for each token, its states across
+levels and KV chunks (kernels/scheduler.py plans each level, splitting long KV as usual). Position-
+dependent variants (RoPE, ALiBi, sliding windows) are not offered: a level's key positions would
+start at 0 instead of at the level's offset in the concatenated KV.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import ops, scheduler
+from .checks import InvalidArgument
+from .scheduler import DEFAULT_COST, CostModel, KernelShape, Plan
+from .wrappers import (
+    KV_BYTES,
+    _check_heads,
+    _check_indptr,
+    _check_knobs,
+    _host_index,
+    _kernel_shape,
+    _knobs,
+    _signature,
+    _split_cache,
+    _Staging,
+    _variant,
+)
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """Per-level plans whose partial rows share one buffer, and the merge index across levels."""
+
+    levels: tuple[Plan, ...]
+    level_qo_lens: tuple[np.ndarray, ...]
+    masks: tuple[str, ...]
+    merge_indptr: np.ndarray  # int32 [num_tokens + 1]
+    merge_indices: np.ndarray  # int32, partial rows of all levels
+    num_partial_rows: int
+    num_tokens: int
+
+
+def level_family(qo_lens: np.ndarray) -> str:
+    return "decode" if qo_lens.shape[0] and (qo_lens == 1).all() else "prefill"
+
+
+def level_mask(level: int, num_levels: int, family: str) -> str:
+    return "causal" if level == num_levels - 1 and family == "prefill" else "none"
+
+
+def plan_cascade(
+    levels: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    num_qo_heads: int,
+    num_kv_heads: int,
+    page_size: int,
+    kernels: Sequence[KernelShape],
+    kv_bytes: int = 2,
+    split_kv: bool = True,
+    cost: CostModel = DEFAULT_COST,
+) -> CascadePlan:
+    """levels: (qo_lens, kv_lens) per level; kernels: the KernelShape of each level's kernel."""
+    if not levels:
+        raise ValueError("a cascade needs at least one level")
+    qo_all = [np.asarray(qo, dtype=np.int64).reshape(-1) for qo, _ in levels]
+    num_tokens = int(qo_all[0].sum())
+    for i, qo in enumerate(qo_all):
+        if int(qo.sum()) != num_tokens:
+            raise ValueError(
+                f"level {i} groups {int(qo.sum())} query tokens but level 0 groups {num_tokens}: every level "
+                "must group the same tokens"
+            )
+    plans, masks, base = [], [], 0
+    tokens, rows = [], []
+    for i, ((_, kv), qo, kernel) in enumerate(zip(levels, qo_all, kernels, strict=True)):
+        family = level_family(qo)
+        masks.append(level_mask(i, len(levels), family))
+        p = scheduler.plan(
+            None if family == "decode" else qo,
+            kv,
+            num_qo_heads=num_qo_heads,
+            num_kv_heads=num_kv_heads,
+            page_size=page_size,
+            kernel=kernel,
+            mask=masks[-1],
+            split_kv=split_kv,
+            kv_bytes=kv_bytes,
+            all_partial=True,
+            cost=cost,
+        )
+        work = p.work.copy()
+        work[:, 5] = np.where(work[:, 5] >= 0, work[:, 5] + base, -1)
+        plans.append(dataclasses.replace(p, work=work))
+        counts = np.diff(p.merge_indptr[: num_tokens + 1].astype(np.int64))
+        tokens.append(np.repeat(np.arange(num_tokens), counts))
+        rows.append(p.merge_indices.astype(np.int64) + base)
+        base += p.num_partial_rows
+    token = np.concatenate(tokens)
+    order = np.argsort(token, kind="stable")
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(token, minlength=num_tokens))])
+    return CascadePlan(
+        tuple(plans),
+        tuple(qo_all),
+        tuple(masks),
+        indptr.astype(np.int32),
+        np.concatenate(rows)[order].astype(np.int32),
+        base,
+        num_tokens,
+    )
+
+
+def _arena(sizes: dict[str, int]) -> tuple[dict[str, int], int]:
+    offsets, at = {}, 0
+    for name, nbytes in sizes.items():
+        offsets[name] = at
+        at += -(-nbytes // scheduler.ALIGN_BYTES) * scheduler.ALIGN_BYTES
+    return offsets, at
+
+
+def _view(workspace: torch.Tensor, offset: int, count: int, dtype: torch.dtype) -> torch.Tensor:
+    return workspace[offset : offset + count * 4].view(dtype)  # int32 and float32 alike
+
+
+def workspace_size(
+    num_levels: int,
+    num_qo_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    *,
+    max_batch_size: int,
+    max_num_tokens: int,
+    max_num_pages: int = 0,
+    num_sms: int = 132,
+) -> int:
+    """Workspace bytes a CascadeWrapper needs: per level at most max_batch_size requests over
+    max_num_pages host-given page ids; max_num_tokens query tokens."""
+    cap = scheduler.capacity(
+        max_batch=max_batch_size,
+        max_tokens=max_num_tokens,
+        group=num_qo_heads // num_kv_heads,
+        cta_tile_q=1,
+        num_sms=num_sms,
+        decode=False,
+        max_pages=max_num_pages,
+    )
+    per_level = 4 * (cap.work_items * 6 + 3 * (cap.batch + 1) + cap.pages) + 5 * scheduler.ALIGN_BYTES
+    rows = num_levels * (max_num_tokens + cap.partial_rows)
+    merge = 4 * (max_num_tokens + 1 + rows) + 2 * scheduler.ALIGN_BYTES
+    return (
+        num_levels * per_level + merge + rows * num_qo_heads * (head_dim + 1) * 4 + 2 * scheduler.ALIGN_BYTES
+    )
+
+
+class CascadeWrapper:
+    """Multi-level shared-prefix attention over one paged KV cache (FlashInfer's
+    MultiLevelCascadeAttentionWrapper): plan per batch with one index-array set per level, then run."""
+
+    def __init__(self, num_levels: int, workspace: torch.Tensor, kv_layout: str = "NHD"):
+        if num_levels < 1:
+            raise InvalidArgument(f"num_levels must be >= 1, got {num_levels}")
+        if not isinstance(workspace, torch.Tensor) or workspace.dtype != torch.uint8 or not workspace.is_cuda:
+            raise InvalidArgument("workspace must be a uint8 CUDA tensor (see cascade.workspace_size)")
+        if kv_layout not in ops.KV_LAYOUTS:
+            raise InvalidArgument(f"kv_layout must be one of {ops.KV_LAYOUTS}, got {kv_layout!r}")
+        self.num_levels, self.workspace, self.kv_layout = num_levels, workspace, kv_layout
+        self.staging = _Staging()
+        self.plan_: CascadePlan | None = None
+
+    def plan(
+        self,
+        qo_indptr_arr,
+        paged_kv_indptr_arr,
+        paged_kv_indices_arr,
+        paged_kv_last_page_len_arr,
+        num_qo_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        page_size: int,
+        *,
+        q_dtype=torch.bfloat16,
+        kv_dtype=None,
+        logits_soft_cap: float | None = None,
+        sm_scale: float | None = None,
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
+        split_kv: bool = True,
+    ) -> None:
+        """One entry per level in each *_arr list: qo_indptr (query tokens per group; the same tokens at
+        every level), and the level's paged KV (kv_indptr in pages, kv_indices, kv_last_page_len).
+        Index arrays on the host are best (CUDA tensors cost a device-to-host copy)."""
+        arrays = (qo_indptr_arr, paged_kv_indptr_arr, paged_kv_indices_arr, paged_kv_last_page_len_arr)
+        if any(len(a) != self.num_levels for a in arrays):
+            raise InvalidArgument(f"each *_arr argument must have one entry per level ({self.num_levels})")
+        _check_heads(num_qo_heads, num_kv_heads)
+        device = self.workspace.device
+        device_index = device.index if device.index is not None else torch.cuda.current_device()
+        host_levels, lens, variants, kernels = [], [], [], []
+        for i, (qo_indptr, kv_indptr, kv_indices, last_page_len) in enumerate(zip(*arrays, strict=True)):
+            qo_ptr = _host_index(f"qo_indptr_arr[{i}]", qo_indptr)
+            kv_ptr = _host_index(f"paged_kv_indptr_arr[{i}]", kv_indptr, length=qo_ptr.shape[0])
+            indices = _host_index(f"paged_kv_indices_arr[{i}]", kv_indices)
+            last = _host_index(f"paged_kv_last_page_len_arr[{i}]", last_page_len, length=qo_ptr.shape[0] - 1)
+            _check_indptr(f"qo_indptr_arr[{i}]", qo_ptr)
+            _check_indptr(f"paged_kv_indptr_arr[{i}]", kv_ptr, indices.shape[0])
+            qo_lens = np.diff(qo_ptr)
+            family = level_family(qo_lens)
+            variant = _variant(
+                family,
+                q_dtype,
+                kv_dtype,
+                head_dim,
+                level_mask(i, self.num_levels, family),
+                "none",
+                logits_soft_cap,
+            )
+            knobs = _knobs(sm_scale, logits_soft_cap, 1.0, 1e4, k_scale, v_scale, -1, None)
+            _check_knobs(variant, knobs, num_qo_heads)
+            host_levels.append((qo_ptr, kv_ptr, indices, last))
+            lens.append((qo_lens, scheduler.kv_lengths(kv_ptr, last, page_size)))
+            variants.append(variant)
+            kernels.append(_kernel_shape(variant, device_index))
+        try:
+            cp = plan_cascade(
+                lens,
+                num_qo_heads=num_qo_heads,
+                num_kv_heads=num_kv_heads,
+                page_size=page_size,
+                kernels=kernels,
+                kv_bytes=KV_BYTES[variants[0].kv_dtype],
+                split_kv=split_kv,
+            )
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+
+        sizes = {}
+        for i, (p, (qo_ptr, kv_ptr, indices, last)) in enumerate(zip(cp.levels, host_levels, strict=True)):
+            sizes |= {
+                f"work{i}": p.work.nbytes,
+                f"qo_indptr{i}": qo_ptr.nbytes,
+                f"kv_indptr{i}": kv_ptr.nbytes,
+                f"kv_last_page_len{i}": last.nbytes,
+                f"kv_indices{i}": indices.nbytes,
+            }
+        sizes |= {"merge_indptr": cp.merge_indptr.nbytes, "merge_indices": cp.merge_indices.nbytes}
+        offsets, metadata_bytes = _arena(sizes)
+        partial = cp.num_partial_rows * num_qo_heads
+        total = metadata_bytes + _arena({"o": partial * head_dim * 4, "lse": partial * 4})[1]
+        if self.workspace.numel() < total:
+            raise InvalidArgument(
+                f"workspace holds {self.workspace.numel()} bytes but this cascade needs {total}: allocate "
+                "cascade.workspace_size(...) bytes for your largest batch"
+            )
+        host = self.staging.reserve(metadata_bytes)
+        contents = {"merge_indptr": cp.merge_indptr, "merge_indices": cp.merge_indices}
+        for i, (p, level) in enumerate(zip(cp.levels, host_levels, strict=True)):
+            contents |= {
+                f"work{i}": p.work.reshape(-1),
+                **{
+                    f"{n}{i}": a
+                    for n, a in zip(
+                        ("qo_indptr", "kv_indptr", "kv_indices", "kv_last_page_len"), level, strict=True
+                    )
+                },
+            }
+        for name, values in contents.items():
+            host[offsets[name] // 4 : offsets[name] // 4 + values.shape[0]] = values
+        self.staging.upload(self.workspace, metadata_bytes)
+
+        def view(name, count, dtype=torch.int32):
+            return _view(self.workspace, offsets[name], count, dtype)
+
+        self.levels = []
+        for i, (p, variant) in enumerate(zip(cp.levels, variants, strict=True)):
+            b = host_levels[i][1].shape[0]
+            self.levels.append(
+                (
+                    variant,
+                    p.num_items,
+                    {
+                        "work": view(f"work{i}", p.work.size).view(-1, 6),
+                        "qo_indptr": view(f"qo_indptr{i}", b) if variant.family == "prefill" else None,
+                        "kv_indptr": view(f"kv_indptr{i}", b),
+                        "kv_indices": view(f"kv_indices{i}", host_levels[i][2].shape[0]),
+                        "kv_last_page_len": view(f"kv_last_page_len{i}", b - 1),
+                    },
+                )
+            )
+        partial_o = _view(self.workspace, metadata_bytes, partial * head_dim, torch.float32)
+        self.partial_o = partial_o.view(-1, num_qo_heads, head_dim)
+        lse_at = metadata_bytes + _arena({"o": partial * head_dim * 4})[1]
+        self.partial_lse = _view(self.workspace, lse_at, partial, torch.float32).view(-1, num_qo_heads)
+        self.merge_views = (
+            view("merge_indptr", cp.merge_indptr.shape[0]),
+            view("merge_indices", cp.merge_indices.shape[0]),
+        )
+        self.knobs = {
+            "sm_scale": sm_scale,
+            "logits_soft_cap": float(logits_soft_cap or 0.0),
+            "k_scale": k_scale,
+            "v_scale": v_scale,
+        }
+        self.plan_ = cp
+        self.prepared = {}
+
+    def run(self, q: torch.Tensor, paged_kv_cache, *, out=None, lse=None, return_lse: bool = False):
+        """q [num_tokens, Hq, D]; paged_kv_cache = (k_cache, v_cache) holding every level's pages.
+        Returns out (and lse [num_tokens, Hq] float32 with return_lse)."""
+        if self.plan_ is None:
+            raise RuntimeError("call plan() before run()")
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "CascadeWrapper does not support CUDA-graph capture (its buffers move with each plan)"
+            )
+        k, v = _split_cache(paged_kv_cache)
+        if q.dim() != 3 or q.shape[0] != self.plan_.num_tokens:
+            raise InvalidArgument(f"q must be [{self.plan_.num_tokens}, Hq, D] (the planned tokens)")
+        if out is None:
+            out = torch.empty_like(q)
+        if lse is None and return_lse:
+            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+        key = tuple(_signature(t) for t in (q, k, v, out, lse))
+        launches = self.prepared.get(key)
+        if launches is None:
+            launches = self.prepared[key] = self._prepare(q, k, v, out, lse)
+        *levels, merge = launches
+        for attention in levels:
+            attention.launch(q, k, v, out, None)
+        merge.launch(out, lse)
+        return (out, lse) if return_lse else out
+
+    def _prepare(self, q, k, v, out, lse):
+        launches = []
+        for variant, num_items, views in self.levels:
+            if not num_items:
+                continue
+            launches.append(
+                ops.prepare_attention(
+                    variant,
+                    q,
+                    k,
+                    v,
+                    out,
+                    kv_layout=self.kv_layout,
+                    partial_o=self.partial_o,
+                    partial_lse=self.partial_lse,
+                    **views,
+                    **self.knobs,
+                )
+            )
+        return (*launches, ops.prepare_merge(self.partial_o, self.partial_lse, *self.merge_views, out, lse))

@@ -1,0 +1,143 @@
+"""Cascade (shared-prefix) plans executed on the CPU equal plain attention over the concatenated KV."""
+
+import numpy as np
+import pytest
+import torch
+from flashinfer_build.kernels import cascade, emulate, reference
+from flashinfer_build.kernels.scheduler import CostModel, KernelShape
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+KERNEL = KernelShape(num_sms=8, ctas_per_sm=2, cta_tile_q=8, cta_tile_kv=16)
+CHEAP_SPLITS = CostModel(item_overhead=1.0, merge_launch=0.0, min_gain=0.0)
+
+
+@st.composite
+def cascades(draw):
+    """Groups of requests sharing a prefix (level 0), optionally sub-groups sharing a sub-prefix
+    (level 1), then each request's own suffix (last level) holding its queries."""
+    num_groups = draw(st.integers(1, 3))
+    sub_level = draw(st.booleans())
+    requests = []  # (group, subgroup, q_len, own suffix length)
+    for g in range(num_groups):
+        for s in range(draw(st.integers(1, 2)) if sub_level else 1):
+            for _ in range(draw(st.integers(1, 3))):
+                q_len = draw(st.sampled_from([1, 1, 3]))
+                requests.append((g, s, q_len, q_len + draw(st.integers(0, 40))))
+    prefix = draw(st.lists(st.integers(0, 120), min_size=num_groups, max_size=num_groups))
+    sub = {key: draw(st.integers(0, 50)) for key in {(g, s) for g, s, _, _ in requests}} if sub_level else {}
+    return requests, prefix, sub
+
+
+def _levels(requests, prefix, sub):
+    """(qo_lens, kv_lens, member lists) per level; members: the requests of each level-request."""
+    levels = []
+    group_ids = sorted({g for g, _, _, _ in requests})
+    levels.append([(g, prefix[g], [i for i, r in enumerate(requests) if r[0] == g]) for g in group_ids])
+    if sub:
+        keys = sorted(sub)
+        levels.append([(k, sub[k], [i for i, r in enumerate(requests) if (r[0], r[1]) == k]) for k in keys])
+    levels.append([(i, r[3], [i]) for i, r in enumerate(requests)])
+    return levels
+
+
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    case=cascades(),
+    cheap=st.booleans(),
+    soft_cap=st.sampled_from([None, 4.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_cascade_equals_attention_over_concatenated_kv(case, cheap, soft_cap, seed):
+    requests, prefix, sub = case
+    gen = torch.Generator().manual_seed(seed)
+    num_qo_heads, num_kv_heads, head_dim = 4, 2, 8
+    q_lens = [r[2] for r in requests]
+    q = torch.randn(sum(q_lens), num_qo_heads, head_dim, generator=gen)
+    levels = _levels(requests, prefix, sub)
+    kv = [
+        [
+            (
+                torch.randn(n, num_kv_heads, head_dim, generator=gen),
+                torch.randn(n, num_kv_heads, head_dim, generator=gen),
+            )
+            for _, n, _ in lv
+        ]
+        for lv in levels
+    ]
+    level_lens = [
+        ([sum(q_lens[i] for i in members) for _, _, members in lv], [n for _, n, _ in lv]) for lv in levels
+    ]
+    cp = cascade.plan_cascade(
+        level_lens,
+        num_qo_heads=num_qo_heads,
+        num_kv_heads=num_kv_heads,
+        page_size=4,
+        kernels=[KERNEL] * len(levels),
+        cost=CHEAP_SPLITS if cheap else cascade.DEFAULT_COST,
+    )
+    o, lse = emulate.execute_cascade(
+        cp, q, [[k for k, _ in lv] for lv in kv], [[v for _, v in lv] for lv in kv], soft_cap=soft_cap
+    )
+    start = np.concatenate([[0], np.cumsum(q_lens)])
+    for i in range(len(requests)):
+        parts = [kv[lvl][j] for lvl, lv in enumerate(levels) for j, (_, _, m) in enumerate(lv) if i in m]
+        k = torch.cat([p[0] for p in parts])
+        v = torch.cat([p[1] for p in parts])
+        ref_o, ref_lse = reference.attention(
+            q[start[i] : start[i + 1]], k, v, mask="causal", soft_cap=soft_cap, dtype=torch.float64
+        )
+        torch.testing.assert_close(o[start[i] : start[i + 1]], ref_o, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(lse[start[i] : start[i + 1]], ref_lse, atol=1e-12, rtol=1e-12)
+
+
+def test_levels_pick_their_kernel_family_and_mask():
+    cp = cascade.plan_cascade(
+        [([4], [4096]), ([1, 1, 1, 1], [10, 20, 30, 40])],
+        num_qo_heads=32,
+        num_kv_heads=8,
+        page_size=16,
+        kernels=[KERNEL, KERNEL],
+    )
+    assert cp.masks == ("none", "none")
+    assert [cascade.level_family(qo) for qo in cp.level_qo_lens] == ["prefill", "decode"]
+    appending = cascade.plan_cascade(
+        [([6], [4096]), ([3, 3], [10, 20])],
+        num_qo_heads=32,
+        num_kv_heads=8,
+        page_size=16,
+        kernels=[KERNEL, KERNEL],
+    )
+    assert appending.masks == ("none", "causal")
+
+
+def test_shared_prefix_is_planned_once_per_group():
+    n = 16
+    cp = cascade.plan_cascade(
+        [([n], [4096]), ([1] * n, [1] * n)],
+        num_qo_heads=32,
+        num_kv_heads=8,
+        page_size=16,
+        kernels=[KernelShape(num_sms=132, ctas_per_sm=1, cta_tile_q=128, cta_tile_kv=64)] * 2,
+    )
+    prefix = cp.levels[0]
+    keys_read = int((prefix.work[: prefix.num_items, 4] - prefix.work[: prefix.num_items, 3]).sum())
+    assert keys_read == 4096, "each prefix key is read by exactly one item (all 16 queries share a tile)"
+    assert (np.diff(cp.merge_indptr) >= 2).all(), "every token merges its prefix and its own state"
+
+
+def test_levels_must_group_the_same_tokens():
+    with pytest.raises(ValueError, match="level 1 groups 3 query tokens but level 0 groups 4"):
+        cascade.plan_cascade(
+            [([4], [100]), ([1, 1, 1], [1, 1, 1])],
+            num_qo_heads=4,
+            num_kv_heads=2,
+            page_size=1,
+            kernels=[KERNEL, KERNEL],
+        )
+
+
+def test_workspace_size_grows_with_levels():
+    one = cascade.workspace_size(1, 32, 8, 128, max_batch_size=16, max_num_tokens=16)
+    three = cascade.workspace_size(3, 32, 8, 128, max_batch_size=16, max_num_tokens=16)
+    assert 0 < one < three
