@@ -38,7 +38,6 @@ from .verify_cases import DTYPES
 
 SCHEMA = "flashinfer-build.bench/1"
 CHECK_ROWS = 32  # query rows per checked request: enough to catch a wrong tile, cheap for 32k keys
-WORKSPACE_BYTES = 512 << 20
 
 
 @dataclass
@@ -213,7 +212,7 @@ def _measure(name, build, w, first: BenchInputs, checked, refs, graph) -> Method
 def _ours(w: Workload, inputs: list[BenchInputs], graph: bool):
     from .bench_ours import prepare_ours
 
-    run = prepare_ours(w, inputs[0], graph, WORKSPACE_BYTES)
+    run = prepare_ours(w, inputs[0], graph)
     calls = [lambda x=x: run(x) for x in inputs]
     return calls, lambda o: o, ""
 

@@ -12,21 +12,24 @@ from .bench_workloads import Workload
 from .verify_cases import DTYPES
 
 
-def prepare_ours(
-    w: Workload, x: BenchInputs, graph: bool, workspace_bytes: int
-) -> Callable[[BenchInputs], torch.Tensor]:
+def prepare_ours(w: Workload, x: BenchInputs, graph: bool) -> Callable[[BenchInputs], torch.Tensor]:
     """Plan `w` on x's page table and return run(inputs) -> inputs.o. The plan is shared by every input
     set: they differ only in data. graph=True builds the wrapper for CUDA-graph capture."""
     from . import wrappers
 
     if w.cascade:
-        return _prepare_cascade(w, x, graph, workspace_bytes)
-    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=x.q.device)
+        return _prepare_cascade(w, x, graph)
+    pages = int(x.kv_indices.numel()) if x.kv_indices is not None else 0
+    size = wrappers.workspace_size(
+        w.num_qo_heads, w.num_kv_heads, w.head_dim, max_batch_size=len(w.q_lens),
+        max_num_tokens=int(x.q.shape[0]), max_num_pages=pages, decode=w.kind == "decode",
+    )
+    workspace = torch.empty(size, dtype=torch.uint8, device=x.q.device)
     knobs = _knobs(w, x)
     bounds = dict(use_cuda_graph=graph, max_batch_size=len(w.q_lens)) if graph else {}
     if w.kind == "decode":
         if graph:
-            bounds["max_num_pages"] = int(x.kv_indices.numel())
+            bounds["max_num_pages"] = pages
         wrapper = wrappers.BatchDecodeWrapper(workspace, "NHD", **bounds)
         heads = (w.num_qo_heads, w.num_kv_heads, w.head_dim)
         wrapper.plan(x.kv_indptr, x.kv_indices, x.kv_last_page_len, *heads, w.page_size, mask=w.mask, **knobs)
@@ -35,7 +38,7 @@ def prepare_ours(
     if graph:
         bounds["max_num_tokens"] = int(x.q.shape[0])
         if paged:
-            bounds["max_num_pages"] = int(x.kv_indices.numel())
+            bounds["max_num_pages"] = pages
     wrapper = wrappers.BatchPrefillWrapper(workspace, "NHD", paged=paged, **bounds)
     paging = dict(kv_indices=x.kv_indices, kv_last_page_len=x.kv_last_page_len, page_size=w.page_size)
     wrapper.plan(x.qo_indptr, x.kv_indptr, w.num_qo_heads, w.num_kv_heads, w.head_dim, mask=w.mask,
@@ -63,7 +66,7 @@ def _knobs(w: Workload, x: BenchInputs) -> dict:
     )
 
 
-def _prepare_cascade(w: Workload, x: BenchInputs, graph: bool, workspace_bytes: int):
+def _prepare_cascade(w: Workload, x: BenchInputs, graph: bool):
     from . import wrappers
 
     if not hasattr(wrappers, "CascadeWrapper"):

@@ -41,7 +41,6 @@ from .verify_merge import random_merge_cases, run_merge_case
 
 SCHEMA = "flashinfer-build.verify/1"
 DEFAULT_CASES = 4
-WORKSPACE_BYTES = 256 << 20
 
 
 @dataclass
@@ -163,7 +162,6 @@ def verify(
     seed = new_seed() if seed is None else seed
     report = VerifyReport(seed=seed, device=device, factor=factor)
     limits = limits or (CPU_LIMITS if device == "cpu" else GPU_LIMITS)
-    workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device) if device != "cpu" else None
     for variant in variants:
         result = VariantResult(variant.id)
         start = time.monotonic()
@@ -176,7 +174,7 @@ def verify(
             outcome = CaseResult(index, case.to_dict(), description)
             try:
                 with loader.pinned_arch(variant.arch if device != "cpu" else None):
-                    outcome.output, outcome.lse = _run_case(variant, case, device, workspace, factor)
+                    outcome.output, outcome.lse = _run_case(variant, case, device, factor)
             except Exception as e:  # one broken case must not hide the others; the report names it
                 outcome.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
             result.cases.append(outcome)
@@ -187,7 +185,7 @@ def verify(
     return report
 
 
-def _run_case(variant: Variant, case, device: str, workspace, factor: float) -> tuple[Comparison, Comparison]:
+def _run_case(variant: Variant, case, device: str, factor: float) -> tuple[Comparison, Comparison]:
     if variant.family == "merge":
         return run_merge_case(variant, case, device, factor)
     x = make_inputs(variant, case, device)
@@ -199,7 +197,7 @@ def _run_case(variant: Variant, case, device: str, workspace, factor: float) -> 
         return compare_outputs(variant, case, x, *run_emulated(variant, case, x), factor, torch.float32)
     from .verify_run import run_wrappers
 
-    return compare_outputs(variant, case, x, *run_wrappers(variant, case, x, workspace), factor)
+    return compare_outputs(variant, case, x, *run_wrappers(variant, case, x), factor)
 
 
 def compare_outputs(

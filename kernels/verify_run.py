@@ -17,9 +17,16 @@ EMULATED_TILES_Q = (16, 64, 128)
 EMULATED_TILES_KV = (16, 64)
 
 
-def run_wrappers(variant: Variant, case: Case, x: Inputs, workspace: torch.Tensor):
+def run_wrappers(variant: Variant, case: Case, x: Inputs):
     """plan + run through BatchDecodeWrapper / BatchPrefillWrapper into poisoned outputs."""
     from . import wrappers
+
+    pages = int(x.kv_indices.numel()) if x.kv_indices is not None else 0
+    size = wrappers.workspace_size(
+        case.num_qo_heads, case.num_kv_heads, variant.head_dim, max_batch_size=len(case.q_lens),
+        max_num_tokens=max(1, sum(case.q_lens)), max_num_pages=pages, decode=variant.family == "decode",
+    )
+    workspace = torch.empty(size, dtype=torch.uint8, device=x.q.device)
 
     knobs = dict(
         q_dtype=DTYPES[variant.q_dtype], kv_dtype=DTYPES[variant.kv_dtype], mask=variant.mask,

@@ -1,0 +1,68 @@
+"""`flashinfer-build verify` and `bench` through click's CliRunner and main()'s exit codes, on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from flashinfer_build.cli.main import cli, main
+from flashinfer_build.kernels import verify, verify_run
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no pyproject.toml or build/ here
+    return CliRunner()
+
+
+def test_cpu_verify_of_the_ci_preset_passes_and_writes_the_report(runner, tmp_path):
+    seed = verify.new_seed()
+    path = tmp_path / "report.json"
+    args = ["--device", "cpu", "--preset", "ci", "--arch", "sm90a", "--cases", "2", "--seed", str(seed)]
+    result = runner.invoke(cli, ["verify", *args, "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "all 4 variants passed" in result.output and "decode_sm90a_bf16_hd128" in result.output
+    data = json.loads(path.read_text())
+    assert data["schema"] == verify.SCHEMA and data["seed"] == seed and data["device"] == "cpu"
+    assert data["summary"]["passed"] == 4 and data["summary"]["cases"] == 8
+
+
+def test_cpu_verify_runs_arch_twins_once(runner):
+    args = ["--device", "cpu", "--preset", "ci", "--only", "merge_*", "--cases", "1"]
+    result = runner.invoke(cli, ["verify", *args])
+    assert result.exit_code == 0, result.output
+    assert "all 1 variants passed" in result.output
+
+
+def test_a_failing_variant_exits_1(monkeypatch, capsys):
+    def wrong(variant, case, x):
+        o, lse = real(variant, case, x)
+        return o + 1.0, lse
+
+    real = verify_run.run_emulated
+    monkeypatch.setattr(verify_run, "run_emulated", wrong)
+    seed = verify.new_seed()
+    code = main(["verify", "--device", "cpu", "--preset", "ci", "--only", "prefill_*", "--arch", "sm90a",
+                 "--cases", "1", "--seed", str(seed)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"--seed {seed} --only prefill_sm90a_bf16_hd128_causal" in err
+
+
+@NO_GPU
+def test_no_gpu_is_an_environment_error():
+    assert main(["verify", "--preset", "ci"]) == 2
+    assert main(["bench", "--workloads", "decode"]) == 2
+
+
+def test_usage_errors_exit_2():
+    assert main(["verify", "--device", "cpu", "--sanitize"]) == 2
+    assert main(["verify", "--device", "cpu", "--only", "no_such_variant*"]) == 2
+    assert main(["verify", "--device", "tpu"]) == 2
+    assert main(["bench", "--baselines", "sdpa-math"]) == 2
+    assert main(["bench", "--shape", "decode:batch=two"]) == 2
+    assert main(["bench", "--workloads", "decode,nonsense"]) == 2
