@@ -23,7 +23,7 @@ from .errors import CompileError, ConfigError
 from .manifest import MANIFEST, render_manifest, variant_entry
 from .ninja_file import CompileEdge, LinkEdge, render_ninja
 from .options import BuildOptions
-from .sources import local_includes
+from .sources import local_includes, read_header
 from .targets import TARGETS, Target
 from .toolchain import Toolchain
 from .unit import MARKER, OUT_PLACEHOLDER
@@ -109,6 +109,9 @@ class Reporter:
 
     def message(self, text: str) -> None: ...
 
+    def close(self) -> None:
+        """The build is over, finished or not."""
+
 
 def select_matrix(options: BuildOptions) -> Matrix:
     try:
@@ -136,7 +139,7 @@ def plan_build(options: BuildOptions, toolchain: Toolchain) -> BuildPlan:
         text = render(variant, csrc)
         source = options.build_dir / variant.arch / "gen" / f"{variant.id}.cu"
         headers = [
-            (p.relative_to(csrc).as_posix(), p.read_bytes())
+            (p.relative_to(csrc).as_posix(), read_header(p))
             for p in local_includes(text, source.parent.resolve(), (csrc,))
         ]
         flags = compile_flags(TARGETS[variant.arch], lineinfo=options.lineinfo)
@@ -169,6 +172,13 @@ def plan_build(options: BuildOptions, toolchain: Toolchain) -> BuildPlan:
 
 def run_build(plan: BuildPlan, reporter: Reporter | None = None) -> BuildResult:
     reporter = reporter or Reporter()
+    try:
+        return _run_build(plan, reporter)
+    finally:
+        reporter.close()
+
+
+def _run_build(plan: BuildPlan, reporter: Reporter) -> BuildResult:
     opts = plan.options
     result = BuildResult(plan=plan)
     reporter.planned(plan)
