@@ -374,18 +374,25 @@ class _Engine:
             out = self._output(q)
         if lse is None and return_lse:
             lse = self._lse(q)
+        self.launcher(q, k, v, out, lse)()
+        return (out, lse) if return_lse else out
+
+    def launcher(self, q, k, v, out, lse=None):
+        """The kernel launches of run() for these tensors, as a closure (benchmarks capture it in a
+        CUDA graph; valid until the next plan)."""
         key = tuple(_signature(t) for t in (q, k, v, out, lse))
         prepared = self.prepared.get(key)
         if prepared is None:
-            prepared = self._prepare(q, k, v, out, lse)
-            self.prepared[key] = prepared
+            prepared = self.prepared[key] = self._prepare(q, k, v, out, lse)
         attention, merge = prepared
-        if attention is None:  # an empty batch
-            return (out, lse) if return_lse else out
-        attention.launch(q, k, v, out, lse)
-        if merge is not None:
-            merge.launch(out, lse)
-        return (out, lse) if return_lse else out
+
+        def launch():
+            if attention is not None:  # None: an empty batch
+                attention.launch(q, k, v, out, lse)
+            if merge is not None:
+                merge.launch(out, lse)
+
+        return launch
 
     def _output(self, q):
         if not self.graph:
@@ -609,6 +616,11 @@ class BatchDecodeWrapper:
         k, v = _split_cache(paged_kv_cache)
         return self._engine.run(q, k, v, out, lse, return_lse)
 
+    def launcher(self, q, k, v, out, lse=None):
+        """run()'s kernel launches for these tensors as a closure, valid until the next plan: what a
+        benchmark captures in a CUDA graph to time the kernels without host overhead."""
+        return self._engine.launcher(q, k, v, out, lse)
+
 
 class BatchPrefillWrapper:
     """Batch prefill / append: several query tokens per request over a paged or a ragged KV."""
@@ -695,6 +707,10 @@ class BatchPrefillWrapper:
         if v is None:
             k, v = _split_cache(k)
         return self._engine.run(q, k, v, out, lse, return_lse)
+
+    def launcher(self, q, k, v, out, lse=None):
+        """run()'s kernel launches for these tensors as a closure, valid until the next plan."""
+        return self._engine.launcher(q, k, v, out, lse)
 
 
 def _split_cache(cache):
@@ -879,3 +895,12 @@ def _single_variant(family, q_dtype, head_dim, kwargs):
         kwargs.get("alibi_slopes"),
     )
     return knobs, variant
+
+
+def __getattr__(name: str):
+    # CascadeWrapper lives in kernels/cascade.py (which imports this module); it is offered here too.
+    if name == "CascadeWrapper":
+        from .cascade import CascadeWrapper
+
+        return CascadeWrapper
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

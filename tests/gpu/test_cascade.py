@@ -1,0 +1,133 @@
+"""CascadeWrapper on the GPU: shared-prefix levels merged by log-sum-exp equal plain attention over the
+concatenated KV (the float32 reference, and our plain paged decode on the same pages)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+from flashinfer_build.kernels import accuracy, cascade, reference, wrappers
+from test_wrappers import HKV, HQ, MERGE, PAGE, D, assert_accurate, require
+
+pytestmark = pytest.mark.gpu
+
+DECODE, PREFILL = "decode_sm90a_bf16_hd128", "prefill_sm90a_bf16_hd128"
+
+
+def _pages(n, pool):
+    return [pool.pop() for _ in range(math.ceil(n / PAGE))]
+
+
+def _last(n):
+    return n - (math.ceil(n / PAGE) - 1) * PAGE if n else 0
+
+
+@pytest.mark.parametrize("levels", [2, 3])
+def test_cascade_equals_attention_over_concatenated_kv(levels):
+    require(DECODE, PREFILL, MERGE)
+    rng = random.Random()
+    groups = [rng.randint(1, 6) for _ in range(3)]  # requests per prefix group
+    prefix = [rng.randint(1, 4000), 0, rng.randint(1, 300)]
+    sub = [[rng.randint(0, 200) for _ in range(n)] for n in groups] if levels == 3 else None
+    suffix = [[rng.randint(1, 500) for _ in range(n)] for n in groups]
+    pool = list(range(sum(math.ceil(n / PAGE) for n in prefix + sum(suffix, []) + sum(sub or [], [])) + 9))
+    rng.shuffle(pool)
+    num_pages = len(pool)
+
+    level_pages = [[_pages(n, pool) for n in prefix]]
+    level_lens = [prefix]
+    qo_per_level = [groups]
+    if sub:  # a sub-prefix per request here: one request per group at level 1, its own pages
+        level_pages.append([_pages(n, pool) for n in sum(sub, [])])
+        level_lens.append(sum(sub, []))
+        qo_per_level.append([1] * sum(groups))
+    level_pages.append([_pages(n, pool) for n in sum(suffix, [])])
+    level_lens.append(sum(suffix, []))
+    qo_per_level.append([1] * sum(groups))
+
+    k = torch.randn(num_pages, PAGE, HKV, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    arrays = [[], [], [], []]
+    for pages, lens, qo in zip(level_pages, level_lens, qo_per_level, strict=True):
+        arrays[0].append(torch.tensor([0, *torch.tensor(qo).cumsum(0).tolist()], dtype=torch.int32))
+        arrays[1].append(
+            torch.tensor([0, *torch.tensor([len(p) for p in pages]).cumsum(0).tolist()], dtype=torch.int32)
+        )
+        arrays[2].append(torch.tensor(sum(pages, []), dtype=torch.int32))
+        arrays[3].append(torch.tensor([_last(n) for n in lens], dtype=torch.int32))
+    num_tokens = sum(groups)
+    size = cascade.workspace_size(
+        len(level_pages),
+        HQ,
+        HKV,
+        D,
+        max_batch_size=num_tokens,
+        max_num_tokens=num_tokens,
+        max_num_pages=num_pages,
+    )
+    w = cascade.CascadeWrapper(len(level_pages), torch.empty(size, dtype=torch.uint8, device="cuda"))
+    w.plan(*arrays, HQ, HKV, D, PAGE)
+    q = torch.randn(num_tokens, HQ, D, device="cuda", dtype=torch.bfloat16)
+    o = accuracy.poisoned_like(q)
+    lse = accuracy.poison_(torch.empty(q.shape[:2], device="cuda"))
+    w.run(q, (k, v), out=o, lse=lse)
+
+    # Each request's whole KV: its group's prefix, its sub-prefix, its suffix, in that order.
+    group_of = [g for g, n in enumerate(groups) for _ in range(n)]
+    own_pages = [
+        level_pages[0][g] + sum((lv[r] for lv in level_pages[1:]), []) for r, g in enumerate(group_of)
+    ]
+    own_lens = [
+        sum(lens[g if i == 0 else r] for i, lens in enumerate(level_lens)) for r, g in enumerate(group_of)
+    ]
+
+    def gather(cache, r):
+        rows = cache[torch.tensor(own_pages[r], dtype=torch.long, device="cuda")].reshape(-1, HKV, D)
+        pieces, at = [], 0
+        for pages, n in zip(
+            [level_pages[0][group_of[r]]] + [lv[r] for lv in level_pages[1:]],
+            [level_lens[0][group_of[r]]] + [lens[r] for lens in level_lens[1:]],
+            strict=True,
+        ):
+            pieces.append(rows[at : at + n])
+            at += len(pages) * PAGE
+        return torch.cat(pieces)
+
+    refs = {
+        dtype: [
+            reference.attention(q[r : r + 1], gather(k, r), gather(v, r), dtype=dtype)
+            for r in range(num_tokens)
+        ]
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+    ref, low = (
+        [torch.cat([x[i] for x in refs[dt]]) for i in range(2)] for dt in (torch.float32, torch.bfloat16)
+    )
+    torch.cuda.synchronize()
+    assert_accurate(o, lse, ref, low)
+
+    # Plain paged decode over the concatenated pages reads the same keys (the last page of each level
+    # but the last must be full for the concatenation to be a plain page table).
+    if all(n % PAGE == 0 for lens in level_lens[:-1] for n in lens):
+        plain = wrappers.BatchDecodeWrapper(
+            torch.empty(
+                wrappers.workspace_size(HQ, HKV, D, max_batch_size=num_tokens),
+                dtype=torch.uint8,
+                device="cuda",
+            )
+        )
+        indptr = torch.tensor(
+            [0, *torch.tensor([len(p) for p in own_pages]).cumsum(0).tolist()], dtype=torch.int32
+        )
+        plain.plan(
+            indptr,
+            torch.tensor(sum(own_pages, []), dtype=torch.int32),
+            torch.tensor([_last(n) for n in own_lens], dtype=torch.int32),
+            HQ,
+            HKV,
+            D,
+            PAGE,
+        )
+        torch.testing.assert_close(plain.run(q, (k, v)), o, atol=2e-2, rtol=2e-2)
