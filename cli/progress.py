@@ -52,6 +52,7 @@ class RichReporter(Reporter):
                 TimeElapsedColumn(),
                 console=self.console,
                 transient=True,
+                disable=not self.console.is_terminal,  # logs and pipes get the per-unit lines only
             )
             self.task = self.progress.add_task("compile", total=len(to_compile))
             self.progress.start()
