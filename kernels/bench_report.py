@@ -77,31 +77,47 @@ def to_csv(report: dict) -> str:
 
 
 def plot(report: dict, path: str) -> None:
-    """Horizontal grouped bars of the median time per workload (log scale), ours beside each peer."""
+    """Per workload, our speedup over each peer (peer time / our time, log scale; > 1: ours is faster),
+    with our own time in the label."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         raise RuntimeError("--plot needs matplotlib: pip install 'flashinfer-build[bench]'") from None
-    rows, names = report["rows"], method_names(report)
-    height = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) * max(len(names), 2) / 2 + 1.5))
-    for i, name in enumerate(names):
+    rows = report["rows"]
+    peers = [n for n in method_names(report) if n != "ours"]
+    height = 0.8 / max(len(peers), 1)
+    fig, ax = plt.subplots(figsize=(10, 0.3 * len(rows) * max(len(peers), 2) + 1.5))
+    labels = []
+    for row in rows:
+        methods = {m["name"]: m for m in row["methods"]}
+        ours = methods.get("ours", {})
+        ours_us = ours.get("median_us") if ours.get("status") == "ok" else None
+        labels.append(f"{row['workload']['name']} ({ours_us:.0f} us)" if ours_us else row["workload"]["name"])
+    for i, name in enumerate(peers):
         ys, xs = [], []
         for r, row in enumerate(rows):
-            m = next((m for m in row["methods"] if m["name"] == name), None)
-            if m and m["status"] == "ok":
+            methods = {m["name"]: m for m in row["methods"]}
+            ours, peer = methods.get("ours", {}), methods.get(name, {})
+            if ours.get("status") == "ok" and peer.get("status") == "ok":
                 ys.append(r + i * height)
-                xs.append(m["median_us"])
-        ax.barh(ys, xs, height=height, label=name)
-    ax.set_yticks([r + 0.4 - height / 2 for r in range(len(rows))], [row["workload"]["name"] for row in rows])
+                xs.append(peer["median_us"] / ours["median_us"])
+        if ys:
+            ax.barh(ys, [x - 1 for x in xs], left=1.0, height=height, label=name, color=f"C{i}")
+    ax.set_yticks([r + (len(peers) - 1) * height / 2 for r in range(len(rows))], labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("median time per call (us, log scale; shorter is faster)")
+    as_ratio = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}x")
+    ax.xaxis.set_major_formatter(as_ratio)
+    ax.xaxis.set_minor_formatter(as_ratio)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("our speedup over each peer (peer time / our time, log scale; right of 1: ours is faster)")
     ax.set_title(peaks_line(report), fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
