@@ -9,6 +9,8 @@ Objects live in the content-addressed cache (cache.py); a unit whose key is cach
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import subprocess
@@ -173,17 +175,32 @@ def plan_build(options: BuildOptions, toolchain: Toolchain) -> BuildPlan:
 def run_build(plan: BuildPlan, reporter: Reporter | None = None) -> BuildResult:
     reporter = reporter or Reporter()
     try:
-        return _run_build(plan, reporter)
+        if plan.options.dry_run:
+            reporter.planned(plan)
+            return BuildResult(plan=plan)
+        with _exclusive(plan.options.build_dir, reporter):
+            return _run_build(plan, reporter)
     finally:
         reporter.close()
+
+
+@contextlib.contextmanager
+def _exclusive(build_dir: Path, reporter: Reporter):
+    """One build at a time per build directory (they share build.ninja and ninja's log)."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            reporter.message(f"waiting for another build in {build_dir} to finish")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _run_build(plan: BuildPlan, reporter: Reporter) -> BuildResult:
     opts = plan.options
     result = BuildResult(plan=plan)
     reporter.planned(plan)
-    if opts.dry_run:
-        return result
     ObjectCache(opts.cache_dir).remove_stale_temps()
     for unit in plan.units:
         write_if_different(unit.source, unit.text)
