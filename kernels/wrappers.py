@@ -221,9 +221,10 @@ class _Engine:
             )
             lay = scheduler.layout(cap, num_qo_heads, variant.head_dim)
             if self.workspace.numel() < lay.total_bytes:
+                pages = f" with max_num_pages >= {host_pages} (kv_indices given on the host are copied in)"
                 raise InvalidArgument(
                     f"workspace holds {self.workspace.numel()} bytes but this batch needs {lay.total_bytes}: "
-                    "allocate workspace_size(...) bytes for your largest batch"
+                    f"allocate workspace_size(...{pages if host_pages else ''}) bytes for your largest batch"
                 )
         p = scheduler.plan(
             None if decode else np.diff(qo_ptr),
@@ -310,8 +311,7 @@ class _Engine:
         ws = self.workspace
 
         def view(offset, count, dtype=torch.int32):
-            size = torch.tensor([], dtype=dtype).element_size()
-            return ws[offset : offset + count * size].view(dtype)
+            return ws[offset : offset + count * 4].view(dtype)  # int32 and float32 alike
 
         cap = lay.capacity
         views = {

@@ -161,7 +161,7 @@ def test_cuda_graph_replays_for_other_batches():
     )
     rng = random.Random()
     batches = [
-        [rng.randint(1, 900) for _ in range(20)],  # captured: short requests, no split
+        [rng.randint(1, 900) for _ in range(20)],  # captured, planned unsplit
         [40_000] + [rng.randint(0, 600) for _ in range(9)],  # skewed: split
         [rng.randint(2000, 9000) for _ in range(max_batch)],  # the bound
         [0, 33, 31_000],  # tiny batch with an empty request
@@ -182,7 +182,7 @@ def test_cuda_graph_replays_for_other_batches():
             [n - (p - 1) * PAGE if p else 0 for n, p in zip(kv_lens, pages, strict=True)], dtype=torch.int32
         )
         indices = torch.tensor(ids, dtype=torch.int32)
-        w.plan(indptr, indices, last, HQ, HKV, D, PAGE)
+        w.plan(indptr, indices, last, HQ, HKV, D, PAGE, split_kv=graph is not None)  # capture unsplit
         splits.append(w.plan_info.split)
         b = len(kv_lens)
         q_static[:b] = torch.randn(b, HQ, D, device="cuda", dtype=torch.bfloat16)
