@@ -72,11 +72,18 @@ def bench(workloads, shapes, baselines, cuda_graph, seed, json_path, csv_path, p
     log.print("measuring the device's copy bandwidth and bf16 matmul rate ...")
     peaks = bench_timing.measure_peaks()
     log.print(bench_report.peaks_line({"device": peaks.to_dict()}))
+    partial = lib.BenchReport(peaks, cuda_graph)
+
+    def on_row(done: int, total: int, row) -> None:
+        bar.update(task, completed=done, description=row.workload.name)
+        partial.rows.append(row)
+        if json_path:  # rows so far, so that a run cut short still leaves its numbers
+            Path(json_path).write_text(json.dumps(partial.to_dict(), indent=1) + "\n")
+
     with progress_bar() as bar:
         task = bar.add_task("bench", total=len(rows))
         report = lib.bench(rows, peaks, arch=arch, built=built, baselines=names, graph=cuda_graph, seed=seed,
-                           on_row=lambda done, n, row: bar.update(task, completed=done,
-                                                                   description=row.workload.name))
+                           on_row=on_row)
     data = report.to_dict()
     out.print(bench_report.table(data))
     if json_path:

@@ -212,9 +212,8 @@ def _measure(name, build, w, first: BenchInputs, checked, refs, graph) -> Method
 def _ours(w: Workload, inputs: list[BenchInputs], graph: bool):
     from .bench_ours import prepare_ours
 
-    run = prepare_ours(w, inputs[0], graph)
-    calls = [lambda x=x: run(x) for x in inputs]
-    return calls, lambda o: o, ""
+    make = prepare_ours(w, inputs[0], graph)
+    return [make(x) for x in inputs], lambda o: o, ""
 
 
 def _baseline_calls(name: str, w: Workload, inputs: list[BenchInputs]):
