@@ -47,6 +47,7 @@ def progress_bar() -> Progress:
         TimeElapsedColumn(),
         console=log,
         transient=True,
+        disable=not log.is_terminal,  # logs and CI get the table only
     )
 
 
