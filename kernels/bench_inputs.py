@@ -79,11 +79,11 @@ def make_inputs(w: Workload, device, generator: torch.Generator) -> BenchInputs:
     """Random inputs of `w`. Values are N(0, 1): never zeros, which run faster and hide bugs."""
     q_dtype, kv_dtype = DTYPES[w.q_dtype], DTYPES[w.kv_dtype]
     total_q = sum(w.q_lens)
-    q = torch.randn(total_q, w.num_qo_heads, w.head_dim, device=device, generator=generator).to(q_dtype)
+    q = _randn((total_q, w.num_qo_heads, w.head_dim), q_dtype, device, generator)
     qo_indptr = _indptr(w.q_lens, device)
     rows = (_slots(w), w.num_kv_heads, w.head_dim)
-    k = torch.randn(rows, device=device, generator=generator).to(kv_dtype)
-    v = torch.randn(rows, device=device, generator=generator).to(kv_dtype)
+    k = _randn(rows, kv_dtype, device, generator)
+    v = _randn(rows, kv_dtype, device, generator)
     o = torch.empty_like(q)
     if w.page_size == 0:
         return BenchInputs(q, k, v, o, qo_indptr, _indptr(w.kv_lens, device), None, None)
@@ -101,6 +101,17 @@ def make_inputs(w: Workload, device, generator: torch.Generator) -> BenchInputs:
     shape = (-1, ps, w.num_kv_heads, w.head_dim)
     return BenchInputs(q, k.view(shape), v.view(shape), o, qo_indptr, kv_indptr, kv_indices, kv_last_page_len,
                        prefix_pages)
+
+
+def _randn(shape, dtype, device, generator, chunk_bytes: int = 1 << 28) -> torch.Tensor:
+    """N(0, 1) in `dtype`, drawn in float32 chunks: a 17 GB bf16 KV cache must not need 34 GB at once."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if not out.numel():
+        return out
+    rows_per_chunk = max(1, chunk_bytes // 4 // max(1, out[0].numel()))
+    for part in out.split(rows_per_chunk):
+        part.copy_(torch.randn(part.shape, device=device, generator=generator))
+    return out
 
 
 def _indptr(lengths, device) -> torch.Tensor:
