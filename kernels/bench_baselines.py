@@ -11,6 +11,7 @@ a document mask.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -126,7 +127,8 @@ def _gqa(backend, sdpa_kernel, q, k, v, scale, kwargs):
     if q.shape[1] == k.shape[1]:
         return kwargs, k, v, ""
     try:
-        with sdpa_kernel(backend):
+        with sdpa_kernel(backend), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a refusing backend explains itself in several warnings
             F.scaled_dot_product_attention(q[:1, :, :1], k[:1, :, :1], v[:1, :, :1], scale=scale,
                                            enable_gqa=True)
         return {**kwargs, "enable_gqa": True}, k, v, ""
@@ -140,10 +142,14 @@ def _gqa(backend, sdpa_kernel, q, k, v, scale, kwargs):
 
 
 def _probe(call) -> None:
-    try:
-        call()
-    except RuntimeError as e:
-        raise Unsupported(str(e).splitlines()[0][:160]) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            call()
+        except RuntimeError as e:
+            reasons = [str(w.message).split(" (Triggered")[0] for w in caught]
+            reason = "; ".join(r for r in reasons if r.strip(": ")) or str(e).splitlines()[0]
+            raise Unsupported(reason[:200]) from None
 
 
 # ---- FlexAttention ------------------------------------------------------------------------------
@@ -163,57 +169,92 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@dataclass
+class _FlexLayout:
+    """q, k, v as [B, H, S, D]; each token's position in its request; a mask of what else is valid."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    q_pos: Callable
+    k_pos: Callable
+    valid: Callable | None  # (b, i, j) -> keep, for documents or padding
+    packed_output: Callable[[torch.Tensor], torch.Tensor]
+    note: str = ""
+
+
+def _flex_layout(d: DenseInputs) -> _FlexLayout:
+    """Uniform batches as they are; variable-length decode with keys padded to the longest request
+    (packed decode tokens hit an inductor lowering error in torch 2.11); other batches packed, one
+    document per request."""
+    if d.qb is not None:
+        q, k, v = (t.transpose(1, 2) for t in (d.qb, d.kb, d.vb))
+        shift = k.shape[2] - q.shape[2]
+        return _FlexLayout(q, k, v, lambda b, i: i + shift, lambda b, j: j, None, _packed_batched)
+    device = d.q[0].device
+    if all(len(t) == 1 for t in d.q):
+        lens = torch.tensor([len(t) for t in d.k], device=device)
+        k, v = (_padded(ts).transpose(1, 2) for ts in (d.k, d.v))
+        q = torch.stack(d.q).transpose(1, 2)
+        return _FlexLayout(q, k, v, lambda b, i: lens[b] - 1 + i, lambda b, j: j,
+                           lambda b, i, j: j < lens[b], _packed_batched, "keys padded to the longest")
+    q = torch.cat(d.q).transpose(0, 1)[None]
+    k, v = torch.cat(d.k).transpose(0, 1)[None], torch.cat(d.v).transpose(0, 1)[None]
+    q_doc, q_off = _doc_positions([len(t) for t in d.q], [len(t) for t in d.k], device)
+    k_doc, k_off = _doc_positions([len(t) for t in d.k], [len(t) for t in d.k], device, keys=True)
+    return _FlexLayout(q, k, v, lambda b, i: q_off[i], lambda b, j: k_off[j],
+                       lambda b, i, j: q_doc[i] == k_doc[j], lambda o: o[0].transpose(0, 1),
+                       "packed, document mask")
+
+
+def _padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """[len_r, H, D] per request -> [B, max len, H, D], zero-padded (the mask hides the padding)."""
+    out = tensors[0].new_zeros(len(tensors), max(len(t) for t in tensors), *tensors[0].shape[1:])
+    for r, t in enumerate(tensors):
+        out[r, : len(t)] = t
+    return out
+
+
 def _flex(w: Workload, d: DenseInputs, *, compiled: bool = True) -> Baseline:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     attend = _compiled_flex() if compiled else flex_attention
-    device = d.q[0].device
+    lay = _flex_layout(d)
     cap, slopes = w.soft_cap, d.alibi_slopes
-    if d.qb is not None:
-        q, k, v = (t.transpose(1, 2) for t in (d.qb, d.kb, d.vb))
-        q_len, kv_len = q.shape[2], k.shape[2]
-        q_pos = lambda b, i: i + (kv_len - q_len)  # noqa: E731
-        k_pos = lambda b, j: j  # noqa: E731
-        same_doc = None
-    else:  # packed tokens, one document per request
-        q = torch.cat(d.q).transpose(0, 1)[None]
-        k, v = torch.cat(d.k).transpose(0, 1)[None], torch.cat(d.v).transpose(0, 1)[None]
-        q_doc, q_off = _doc_positions([len(t) for t in d.q], [len(t) for t in d.k], device)
-        k_doc, k_off = _doc_positions([len(t) for t in d.k], [len(t) for t in d.k], device, keys=True)
-        q_pos = lambda b, i: q_off[i]  # noqa: E731
-        k_pos = lambda b, j: k_off[j]  # noqa: E731
-        same_doc = lambda i, j: q_doc[i] == k_doc[j]  # noqa: E731
 
     def mask_mod(b, h, i, j):
-        keep = k_pos(b, j) <= q_pos(b, i) if w.mask in ("causal", "sliding_window") else j >= 0
+        if w.mask in ("causal", "sliding_window"):
+            keep = lay.k_pos(b, j) <= lay.q_pos(b, i)
+        else:
+            keep = j >= 0
         if w.mask == "sliding_window":
-            keep = keep & (k_pos(b, j) >= q_pos(b, i) - w.window_left)
-        return keep if same_doc is None else keep & same_doc(i, j)
+            keep = keep & (lay.k_pos(b, j) >= lay.q_pos(b, i) - w.window_left)
+        return keep if lay.valid is None else keep & lay.valid(b, i, j)
 
     def score_mod(score, b, h, i, j):
         if slopes is not None:
-            score = score + slopes[h] * (k_pos(b, j) - q_pos(b, i))
+            score = score + slopes[h] * (lay.k_pos(b, j) - lay.q_pos(b, i))
         if cap:
             score = cap * torch.tanh(score / cap)
         return score
 
-    needs_mask = w.mask != "none" or same_doc is not None
-    block_mask = (create_block_mask(mask_mod, None, None, q.shape[2], k.shape[2], device=device)
-                  if needs_mask else None)
+    block_mask = None
+    if w.mask != "none" or lay.valid is not None:
+        batch = lay.q.shape[0] if lay.valid is not None else None
+        lengths = (lay.q.shape[2], lay.k.shape[2])
+        block_mask = create_block_mask(mask_mod, batch, None, *lengths, device=lay.q.device)
     use_score_mod = slopes is not None or bool(cap)
-    gqa = q.shape[1] != k.shape[1]
+    gqa = lay.q.shape[1] != lay.k.shape[1]
 
     def call():
-        return attend(q, k, v, score_mod=score_mod if use_score_mod else None, block_mask=block_mask,
-                      scale=w.head_dim**-0.5, enable_gqa=gqa)
+        return attend(lay.q, lay.k, lay.v, score_mod=score_mod if use_score_mod else None,
+                      block_mask=block_mask, scale=w.head_dim**-0.5, enable_gqa=gqa)
 
     try:
         call()
     except Exception as e:  # compile errors surface as many types; the message is what users need
         raise Unsupported(f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
-    packed = _packed_batched if d.qb is not None else (lambda o: o[0].transpose(0, 1))
-    note = ", ".join(filter(None, [_note(w), "packed, document mask" if d.qb is None else ""]))
-    return Baseline(call, packed, note)
+    return Baseline(call, lay.packed_output, ", ".join(filter(None, [_note(w), lay.note])))
 
 
 def _doc_positions(lengths, kv_lengths, device, keys: bool = False):

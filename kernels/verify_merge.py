@@ -62,21 +62,23 @@ def merge_inputs(case: MergeCase, device) -> dict:
 
 
 def reference_merge(x: dict, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """o [rows, H, D] and lse [rows, H], computed in `dtype`. Rows with no
-    state come back as NaN (the kernel leaves them untouched); rows whose states all saw no key as o = 0,
-    lse = -inf."""
-    po, pl = x["partial_o"].to(dtype), x["partial_lse"].to(dtype)
-    indptr, indices = x["merge_indptr"].tolist(), x["merge_indices"].long()
-    outs, lses = [], []
-    for n in range(len(indptr) - 1):
-        rows = indices[indptr[n] : indptr[n + 1]]
-        s, v = pl[rows], po[rows]  # (k, H), (k, H, D)
-        lse = torch.logsumexp(s, dim=0) if len(rows) else torch.full(s.shape[1:], float("nan"), dtype=dtype)
-        w = torch.exp(s - lse).nan_to_num(0.0)
-        o = (w[..., None] * v).sum(0) if len(rows) else torch.full(v.shape[1:], float("nan"), dtype=dtype)
-        outs.append(o)
-        lses.append(lse)
-    return torch.stack(outs), torch.stack(lses)
+    """o [rows, H, D] and lse [rows, H], computed in `dtype`. Rows with no state come back as NaN (the
+    kernel leaves them untouched); rows whose states all saw no key as o = 0, lse = -inf."""
+    indptr, indices = x["merge_indptr"].long(), x["merge_indices"].long()
+    counts = indptr[1:] - indptr[:-1]
+    row = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)  # per entry
+    s, v = x["partial_lse"][indices].to(dtype), x["partial_o"][indices].to(dtype)  # (E, H), (E, H, D)
+    shape = (counts.shape[0], s.shape[1])
+    peak = torch.full(shape, float("-inf"), dtype=dtype, device=s.device)
+    peak = peak.scatter_reduce(0, row[:, None].expand_as(s), s, "amax")
+    weight = torch.exp(s - peak[row]).nan_to_num(0.0)  # all -inf: exp(nan) -> 0
+    total = torch.zeros(shape, dtype=dtype, device=s.device).index_add(0, row, weight)
+    lse = peak + torch.log(total)
+    o = torch.zeros(*shape, v.shape[2], dtype=dtype, device=s.device).index_add(0, row, weight[..., None] * v)
+    o = torch.where(total[..., None] > 0, o / total[..., None], torch.zeros((), dtype=dtype, device=s.device))
+    empty = counts == 0
+    o[empty], lse[empty] = float("nan"), float("nan")
+    return o, lse
 
 
 def run_merge_case(variant: Variant, case: MergeCase, device, factor: float) -> tuple[Comparison, Comparison]:
