@@ -90,7 +90,7 @@ def plot(report: dict, path: str) -> None:
     rows = report["rows"]
     peers = [n for n in method_names(report) if n != "ours"]
     height = 0.8 / max(len(peers), 1)
-    fig, ax = plt.subplots(figsize=(10, 0.3 * len(rows) * max(len(peers), 2) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 1.5 + len(rows) * (0.1 * max(len(peers), 1) + 0.12)))
     labels = []
     for row in rows:
         methods = {m["name"]: m for m in row["methods"]}
@@ -116,7 +116,7 @@ def plot(report: dict, path: str) -> None:
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel("our speedup over each peer (peer time / our time, log scale; right of 1: ours is faster)")
-    ax.set_title(peaks_line(report), fontsize=9)
+    ax.set_title(peaks_line(report).replace(": ", "\n", 1), fontsize=9)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
