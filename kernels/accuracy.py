@@ -82,8 +82,10 @@ class Comparison:
         if self.nan:
             found.append(f"{self.nan} NaN")
         if self.empty_row_errors:
-            found.append(f"{self.empty_row_errors} elements of empty rows wrong (no key: not 0 / -inf; "
-                         "no merge state: overwritten)")
+            found.append(
+                f"{self.empty_row_errors} elements of empty rows wrong (no key: not 0 / -inf; "
+                "no merge state: overwritten)"
+            )
         if self.max_abs_err > self.tolerance:
             found.append(f"max abs error {self.max_abs_err:.3g} > tolerance {self.tolerance:.3g}")
         return "; ".join(found)
@@ -121,8 +123,9 @@ def compare(
     empty_rows: boolean of leading shape (e.g. [tokens, heads]) marking rows with no visible key, which
     must equal `empty_value` exactly (0 for o, -inf for lse)."""
     if out.shape != ref.shape or ref_low.shape != ref.shape:
-        raise ValueError(f"shapes differ: out {tuple(out.shape)}, ref {tuple(ref.shape)}, "
-                         f"ref_low {tuple(ref_low.shape)}")
+        raise ValueError(
+            f"shapes differ: out {tuple(out.shape)}, ref {tuple(ref.shape)}, ref_low {tuple(ref_low.shape)}"
+        )
     not_written = unwritten(out) if out.dtype in _POISON else torch.zeros_like(out, dtype=torch.bool)
     ref64, out64 = ref.double(), out.double()
     computed_nan = torch.isnan(out64) & ~not_written

@@ -51,13 +51,17 @@ class MethodResult:
     def to_dict(self, flops: int, nbytes: int, floor_us: float) -> dict:
         t = self.timing.median_us if self.timing else None
         return {
-            "name": self.name, "status": self.status, "median_us": t,
+            "name": self.name,
+            "status": self.status,
+            "median_us": t,
             "p20_us": self.timing.p20_us if self.timing else None,
             "p80_us": self.timing.p80_us if self.timing else None,
-            "tflops": flops / t / 1e6 if t else None, "gbps": nbytes / t / 1e3 if t else None,
+            "tflops": flops / t / 1e6 if t else None,
+            "gbps": nbytes / t / 1e3 if t else None,
             "pct_of_peak": 100 * floor_us / t if t else None,
             "max_abs_err": self.check.max_abs_err if self.check else None,
-            "tolerance": self.check.tolerance if self.check else None, "note": self.note,
+            "tolerance": self.check.tolerance if self.check else None,
+            "note": self.note,
         }
 
 
@@ -91,8 +95,13 @@ class Row:
     def to_dict(self, peaks: DevicePeaks) -> dict:
         floor_us, bound = self.floor(peaks)
         return {
-            "workload": self.workload.to_dict(), "variant": self.variant, "flops": self.flops,
-            "bytes": self.bytes, "input_sets": self.input_sets, "bound": bound, "floor_us": floor_us,
+            "workload": self.workload.to_dict(),
+            "variant": self.variant,
+            "flops": self.flops,
+            "bytes": self.bytes,
+            "input_sets": self.input_sets,
+            "bound": bound,
+            "floor_us": floor_us,
             "speedup": self.speedup(),
             "methods": [m.to_dict(self.flops, self.bytes, floor_us) for m in self.methods],
         }
@@ -106,8 +115,12 @@ class BenchReport:
 
     def to_dict(self) -> dict:
         return {
-            "schema": SCHEMA, "device": self.peaks.to_dict(), "torch": torch.__version__, "graph": self.graph,
-            "date": datetime.date.today().isoformat(), "rows": [r.to_dict(self.peaks) for r in self.rows],
+            "schema": SCHEMA,
+            "device": self.peaks.to_dict(),
+            "torch": torch.__version__,
+            "graph": self.graph,
+            "date": datetime.date.today().isoformat(),
+            "rows": [r.to_dict(self.peaks) for r in self.rows],
         }
 
 
@@ -115,8 +128,16 @@ def row_counts(w: Workload) -> tuple[int, int]:
     """(FLOPs, minimum bytes) of a workload (kernels/bench_counts.py)."""
     flops = attention_flops(w.q_lens, w.total_kv_lens, w.num_qo_heads, w.head_dim, w.mask, w.window_left)
     nbytes = attention_bytes(
-        w.q_lens, w.kv_lens, w.num_qo_heads, w.num_kv_heads, w.head_dim, q_dtype=w.q_dtype,
-        kv_dtype=w.kv_dtype, mask=w.mask, window_left=w.window_left, shared_prefix=w.shared_prefix,
+        w.q_lens,
+        w.kv_lens,
+        w.num_qo_heads,
+        w.num_kv_heads,
+        w.head_dim,
+        q_dtype=w.q_dtype,
+        kv_dtype=w.kv_dtype,
+        mask=w.mask,
+        window_left=w.window_left,
+        shared_prefix=w.shared_prefix,
     )
     return flops, nbytes
 
@@ -246,8 +267,13 @@ def _references(w: Workload, x: BenchInputs, checked: list[int]) -> list[tuple[t
             lo, hi = int(x.kv_indptr[r]), int(x.kv_indptr[r + 1])
             k, v = x.k[lo:hi], x.v[lo:hi]
         q = x.q[_request_rows(w, r)]
-        kw = dict(mask=w.mask, pos=w.pos, soft_cap=w.soft_cap or None, window_left=w.window_left,
-                  alibi_slopes=slopes)
+        kw = dict(
+            mask=w.mask,
+            pos=w.pos,
+            soft_cap=w.soft_cap or None,
+            window_left=w.window_left,
+            alibi_slopes=slopes,
+        )
         hi_ref = reference.attention(q, k, v, dtype=torch.float64, **kw)[0]
         lo_ref = reference.attention(q, k, v, dtype=DTYPES[w.q_dtype], **kw)[0]
         refs.append((hi_ref, lo_ref))

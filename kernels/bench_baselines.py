@@ -22,8 +22,11 @@ from ..variants import hooks
 from .bench_inputs import DenseInputs
 from .bench_workloads import Workload
 
-SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION",
-                 "sdpa-efficient": "EFFICIENT_ATTENTION"}
+SDPA_BACKENDS = {
+    "sdpa-flash": "FLASH_ATTENTION",
+    "sdpa-cudnn": "CUDNN_ATTENTION",
+    "sdpa-efficient": "EFFICIENT_ATTENTION",
+}
 BASELINES = (*SDPA_BACKENDS, "flex")
 
 
@@ -129,8 +132,9 @@ def _gqa(backend, sdpa_kernel, q, k, v, scale, kwargs):
     try:
         with sdpa_kernel(backend), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a refusing backend explains itself in several warnings
-            F.scaled_dot_product_attention(q[:1, :, :1], k[:1, :, :1], v[:1, :, :1], scale=scale,
-                                           enable_gqa=True)
+            F.scaled_dot_product_attention(
+                q[:1, :, :1], k[:1, :, :1], v[:1, :, :1], scale=scale, enable_gqa=True
+            )
         return {**kwargs, "enable_gqa": True}, k, v, ""
     except RuntimeError:
         group = q.shape[1] // k.shape[1]
@@ -196,15 +200,30 @@ def _flex_layout(d: DenseInputs) -> _FlexLayout:
         lens = torch.tensor([len(t) for t in d.k], device=device)
         k, v = (_padded(ts).transpose(1, 2) for ts in (d.k, d.v))
         q = torch.stack(d.q).transpose(1, 2)
-        return _FlexLayout(q, k, v, lambda b, i: lens[b] - 1 + i, lambda b, j: j,
-                           lambda b, i, j: j < lens[b], _packed_batched, "keys padded to the longest")
+        return _FlexLayout(
+            q,
+            k,
+            v,
+            lambda b, i: lens[b] - 1 + i,
+            lambda b, j: j,
+            lambda b, i, j: j < lens[b],
+            _packed_batched,
+            "keys padded to the longest",
+        )
     q = torch.cat(d.q).transpose(0, 1)[None]
     k, v = torch.cat(d.k).transpose(0, 1)[None], torch.cat(d.v).transpose(0, 1)[None]
     q_doc, q_off = _doc_positions([len(t) for t in d.q], [len(t) for t in d.k], device)
     k_doc, k_off = _doc_positions([len(t) for t in d.k], [len(t) for t in d.k], device, keys=True)
-    return _FlexLayout(q, k, v, lambda b, i: q_off[i], lambda b, j: k_off[j],
-                       lambda b, i, j: q_doc[i] == k_doc[j], lambda o: o[0].transpose(0, 1),
-                       "packed, document mask")
+    return _FlexLayout(
+        q,
+        k,
+        v,
+        lambda b, i: q_off[i],
+        lambda b, j: k_off[j],
+        lambda b, i, j: q_doc[i] == k_doc[j],
+        lambda o: o[0].transpose(0, 1),
+        "packed, document mask",
+    )
 
 
 def _padded(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -247,8 +266,15 @@ def _flex(w: Workload, d: DenseInputs, *, compiled: bool = True) -> Baseline:
     gqa = lay.q.shape[1] != lay.k.shape[1]
 
     def call():
-        return attend(lay.q, lay.k, lay.v, score_mod=score_mod if use_score_mod else None,
-                      block_mask=block_mask, scale=w.head_dim**-0.5, enable_gqa=gqa)
+        return attend(
+            lay.q,
+            lay.k,
+            lay.v,
+            score_mod=score_mod if use_score_mod else None,
+            block_mask=block_mask,
+            scale=w.head_dim**-0.5,
+            enable_gqa=gqa,
+        )
 
     try:
         call()
@@ -259,8 +285,9 @@ def _flex(w: Workload, d: DenseInputs, *, compiled: bool = True) -> Baseline:
 
 def _doc_positions(lengths, kv_lengths, device, keys: bool = False):
     """Per packed token: its request, and its position in that request's KV (queries sit at the end)."""
-    doc = torch.repeat_interleave(torch.arange(len(lengths), device=device),
-                                  torch.tensor(lengths, device=device))
+    doc = torch.repeat_interleave(
+        torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device)
+    )
     starts = torch.tensor([0, *lengths], device=device).cumsum(0)[:-1]
     offset = torch.arange(int(sum(lengths)), device=device) - starts[doc]
     if not keys:

@@ -99,8 +99,9 @@ def make_inputs(w: Workload, device, generator: torch.Generator) -> BenchInputs:
     last = [(kv + w.shared_prefix - 1) % ps + 1 if kv + w.shared_prefix else 0 for kv in w.kv_lens]
     kv_last_page_len = torch.tensor(last, dtype=torch.int32, device=device)
     shape = (-1, ps, w.num_kv_heads, w.head_dim)
-    return BenchInputs(q, k.view(shape), v.view(shape), o, qo_indptr, kv_indptr, kv_indices, kv_last_page_len,
-                       prefix_pages)
+    return BenchInputs(
+        q, k.view(shape), v.view(shape), o, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, prefix_pages
+    )
 
 
 def _randn(shape, dtype, device, generator, chunk_bytes: int = 1 << 28) -> torch.Tensor:
@@ -136,8 +137,10 @@ def dense_inputs(w: Workload, x: BenchInputs) -> DenseInputs:
         ks.append(k_r)
         vs.append(v_r)
     if w.pos == "rope":
-        qs = [_rope(q_r, torch.arange(kv - len(q_r), kv, device=q_r.device))
-              for q_r, kv in zip(qs, w.total_kv_lens, strict=True)]
+        qs = [
+            _rope(q_r, torch.arange(kv - len(q_r), kv, device=q_r.device))
+            for q_r, kv in zip(qs, w.total_kv_lens, strict=True)
+        ]
         ks = [_rope(k_r, torch.arange(len(k_r), device=k_r.device)) for k_r in ks]
     dense = DenseInputs(qs, ks, vs)
     if w.pos == "alibi":

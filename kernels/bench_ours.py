@@ -45,24 +45,38 @@ def _planned(w: Workload, x: BenchInputs):
 
     pages = int(x.kv_indices.numel()) if x.kv_indices is not None else 0
     size = wrappers.workspace_size(
-        w.num_qo_heads, w.num_kv_heads, w.head_dim, max_batch_size=len(w.q_lens),
-        max_num_tokens=int(x.q.shape[0]), max_num_pages=pages, decode=w.kind == "decode",
+        w.num_qo_heads,
+        w.num_kv_heads,
+        w.head_dim,
+        max_batch_size=len(w.q_lens),
+        max_num_tokens=int(x.q.shape[0]),
+        max_num_pages=pages,
+        decode=w.kind == "decode",
     )
     knobs = dict(
-        q_dtype=DTYPES[w.q_dtype], kv_dtype=DTYPES[w.kv_dtype], mask=w.mask, window_left=w.window_left,
-        pos=w.pos, logits_soft_cap=w.soft_cap or None, split_kv=w.split_kv,
+        q_dtype=DTYPES[w.q_dtype],
+        kv_dtype=DTYPES[w.kv_dtype],
+        mask=w.mask,
+        window_left=w.window_left,
+        pos=w.pos,
+        logits_soft_cap=w.soft_cap or None,
+        split_kv=w.split_kv,
         alibi_slopes=hooks.alibi_slopes(w.num_qo_heads).to(x.q.device) if w.pos == "alibi" else None,
     )
     heads = (w.num_qo_heads, w.num_kv_heads, w.head_dim)
     if w.kind == "decode":
         wrapper = wrappers.BatchDecodeWrapper(_workspace(size, x.q.device), "NHD")
-        wrapper.plan(x.kv_indptr.cpu(), x.kv_indices.cpu(), x.kv_last_page_len.cpu(), *heads, w.page_size,
-                     **knobs)
+        wrapper.plan(
+            x.kv_indptr.cpu(), x.kv_indices.cpu(), x.kv_last_page_len.cpu(), *heads, w.page_size, **knobs
+        )
         return wrapper
     paged = w.page_size > 0
     wrapper = wrappers.BatchPrefillWrapper(_workspace(size, x.q.device), "NHD", paged=paged)
-    paging = dict(kv_indices=x.kv_indices.cpu(), kv_last_page_len=x.kv_last_page_len.cpu(),
-                  page_size=w.page_size) if paged else {}
+    paging = (
+        dict(kv_indices=x.kv_indices.cpu(), kv_last_page_len=x.kv_last_page_len.cpu(), page_size=w.page_size)
+        if paged
+        else {}
+    )
     wrapper.plan(x.qo_indptr.cpu(), x.kv_indptr.cpu(), *heads, **paging, **knobs)
     return wrapper
 
@@ -78,14 +92,27 @@ def _cascade(w: Workload, x: BenchInputs):
     shared = (_i32([0, sum(w.q_lens)]), _i32([0, prefix_pages]), indices[:prefix_pages], _i32([w.page_size]))
     mine = (_indptr(w.q_lens), _indptr(own_counts), own, last)
     size = cascade.workspace_size(
-        2, w.num_qo_heads, w.num_kv_heads, w.head_dim, max_batch_size=n, max_num_tokens=sum(w.q_lens),
+        2,
+        w.num_qo_heads,
+        w.num_kv_heads,
+        w.head_dim,
+        max_batch_size=n,
+        max_num_tokens=sum(w.q_lens),
         max_num_pages=int(indices.numel()),
     )
     wrapper = cascade.CascadeWrapper(2, _workspace(size, x.q.device), "NHD")
     per_level = [list(pair) for pair in zip(shared, mine, strict=True)]
-    wrapper.plan(*per_level, w.num_qo_heads, w.num_kv_heads, w.head_dim, w.page_size,
-                 q_dtype=DTYPES[w.q_dtype], kv_dtype=DTYPES[w.kv_dtype], logits_soft_cap=w.soft_cap or None,
-                 split_kv=w.split_kv)
+    wrapper.plan(
+        *per_level,
+        w.num_qo_heads,
+        w.num_kv_heads,
+        w.head_dim,
+        w.page_size,
+        q_dtype=DTYPES[w.q_dtype],
+        kv_dtype=DTYPES[w.kv_dtype],
+        logits_soft_cap=w.soft_cap or None,
+        split_kv=w.split_kv,
+    )
     return wrapper
 
 

@@ -7,17 +7,40 @@ import io
 
 from rich.table import Table
 
-SHORT = {"ours": "ours", "sdpa-flash": "flash", "sdpa-cudnn": "cudnn", "sdpa-efficient": "effic.",
-         "flex": "flex"}
+SHORT = {
+    "ours": "ours",
+    "sdpa-flash": "flash",
+    "sdpa-cudnn": "cudnn",
+    "sdpa-efficient": "effic.",
+    "flex": "flex",
+}
 STATUS_TEXT = {"unsupported": "n/a", "wrong": "WRONG", "error": "error", "not built": "not built"}
-CSV_FIELDS = ("workload", "group", "variant", "method", "status", "median_us", "p20_us", "p80_us", "tflops",
-              "gbps", "pct_of_peak", "bound", "speedup", "max_abs_err", "tolerance", "note")
+CSV_FIELDS = (
+    "workload",
+    "group",
+    "variant",
+    "method",
+    "status",
+    "median_us",
+    "p20_us",
+    "p80_us",
+    "tflops",
+    "gbps",
+    "pct_of_peak",
+    "bound",
+    "speedup",
+    "max_abs_err",
+    "tolerance",
+    "note",
+)
 
 
 def peaks_line(report: dict) -> str:
     d = report["device"]
-    return (f"{d['name']}: {d['num_sms']} SMs, copy {d['copy_gbps']:.0f} GB/s (read + write), "
-            f"bf16 matmul {d['matmul_tflops']:.0f} TFLOP/s (measured now)")
+    return (
+        f"{d['name']}: {d['num_sms']} SMs, copy {d['copy_gbps']:.0f} GB/s (read + write), "
+        f"bf16 matmul {d['matmul_tflops']:.0f} TFLOP/s (measured now)"
+    )
 
 
 def method_names(report: dict) -> list[str]:
@@ -66,13 +89,17 @@ def to_csv(report: dict) -> str:
     writer.writeheader()
     for row in report["rows"]:
         for m in row["methods"]:
-            writer.writerow({
-                "workload": row["workload"]["name"], "group": row["workload"]["group"],
-                "variant": row["variant"],
-                "method": m["name"], "bound": row["bound"],
-                "speedup": row["speedup"] if m["name"] == "ours" else None,
-                **{k: m[k] for k in CSV_FIELDS if k in m and k != "name"},
-            })
+            writer.writerow(
+                {
+                    "workload": row["workload"]["name"],
+                    "group": row["workload"]["group"],
+                    "variant": row["variant"],
+                    "method": m["name"],
+                    "bound": row["bound"],
+                    "speedup": row["speedup"] if m["name"] == "ours" else None,
+                    **{k: m[k] for k in CSV_FIELDS if k in m and k != "name"},
+                }
+            )
     return buf.getvalue()
 
 

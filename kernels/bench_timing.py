@@ -102,8 +102,12 @@ def time_calls(
     times = sorted(_time_once_step(step) / inner for _ in range(samples))
     q = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
     return Timing(
-        median_us=statistics.median(times) * 1e6, p20_us=q[0] * 1e6, p80_us=q[3] * 1e6,
-        samples=samples, calls_per_sample=inner, graph=graph,
+        median_us=statistics.median(times) * 1e6,
+        p20_us=q[0] * 1e6,
+        p80_us=q[3] * 1e6,
+        samples=samples,
+        calls_per_sample=inner,
+        graph=graph,
     )
 
 

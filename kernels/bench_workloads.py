@@ -68,8 +68,14 @@ class Workload:
     def variant(self, arch: str = "sm90a") -> Variant:
         """The compiled variant this workload runs (cascade prefixes also use the prefill family)."""
         return Variant(
-            family=self.kind, arch=arch, q_dtype=self.q_dtype, kv_dtype=self.kv_dtype,
-            head_dim=self.head_dim, mask=self.mask, pos=self.pos, soft_cap=bool(self.soft_cap),
+            family=self.kind,
+            arch=arch,
+            q_dtype=self.q_dtype,
+            kv_dtype=self.kv_dtype,
+            head_dim=self.head_dim,
+            mask=self.mask,
+            pos=self.pos,
+            soft_cap=bool(self.soft_cap),
         )
 
     def to_dict(self) -> dict:
@@ -100,21 +106,41 @@ def chat_trace(num_requests: int, *, seed: int = 0, prefill_share: float = 0.125
 
 def _decode(batch: int, kv: int, kv_dtype: str = "bf16", **kw) -> Workload:
     tag = "" if kv_dtype == "bf16" else f" kv {kv_dtype}"
-    return Workload(name=f"decode b{batch} kv{kv // 1024}k{tag}", kind="decode", q_lens=(1,) * batch,
-                    kv_lens=(kv,) * batch, kv_dtype=kv_dtype, group="decode", **kw)
+    return Workload(
+        name=f"decode b{batch} kv{kv // 1024}k{tag}",
+        kind="decode",
+        q_lens=(1,) * batch,
+        kv_lens=(kv,) * batch,
+        kv_dtype=kv_dtype,
+        group="decode",
+        **kw,
+    )
 
 
 def _prefill(tokens: int, head_dim: int, causal: bool, total: int = 16384, **kw) -> Workload:
     batch = max(1, total // tokens)
     mask = kw.pop("mask", "causal" if causal else "none")
     name = kw.pop("name", f"prefill {tokens // 1024}k hd{head_dim} {mask}")
-    return Workload(name=name, kind="prefill", q_lens=(tokens,) * batch, kv_lens=(tokens,) * batch,
-                    head_dim=head_dim, mask=mask, page_size=0, group=kw.pop("group", "prefill"), **kw)
+    return Workload(
+        name=name,
+        kind="prefill",
+        q_lens=(tokens,) * batch,
+        kv_lens=(tokens,) * batch,
+        head_dim=head_dim,
+        mask=mask,
+        page_size=0,
+        group=kw.pop("group", "prefill"),
+        **kw,
+    )
 
 
 def decode_set() -> list[Workload]:
-    return [_decode(b, kv, dt) for dt in ("bf16", "fp8e4m3") for b in (1, 16, 64, 256)
-            for kv in (1024, 8192, 32768)]
+    return [
+        _decode(b, kv, dt)
+        for dt in ("bf16", "fp8e4m3")
+        for b in (1, 16, 64, 256)
+        for kv in (1024, 8192, 32768)
+    ]
 
 
 def prefill_set() -> list[Workload]:
@@ -123,31 +149,56 @@ def prefill_set() -> list[Workload]:
 
 def serving_set() -> list[Workload]:
     q_lens, kv_lens = chat_trace(64)
-    return [Workload(name="serving chat-trace 64 req", kind="prefill", q_lens=q_lens, kv_lens=kv_lens,
-                     mask="causal", group="serving")]
+    return [
+        Workload(
+            name="serving chat-trace 64 req",
+            kind="prefill",
+            q_lens=q_lens,
+            kv_lens=kv_lens,
+            mask="causal",
+            group="serving",
+        )
+    ]
 
 
 def skewed_set() -> list[Workload]:
     kv = (32768,) + (512,) * 63
     return [
-        Workload(name=f"skewed 1x32k+63x512{'' if split else ' no-split'}", kind="decode",
-                 q_lens=(1,) * 64, kv_lens=kv, split_kv=split, group="skewed")
+        Workload(
+            name=f"skewed 1x32k+63x512{'' if split else ' no-split'}",
+            kind="decode",
+            q_lens=(1,) * 64,
+            kv_lens=kv,
+            split_kv=split,
+            group="skewed",
+        )
         for split in (True, False)
     ]
 
 
 def shared_prefix_set() -> list[Workload]:
     return [
-        Workload(name=f"shared 4k prefix n={n}{' cascade' if cascade else ' plain'}", kind="decode",
-                 q_lens=(1,) * n, kv_lens=(256,) * n, shared_prefix=4096, cascade=cascade,
-                 group="shared_prefix")
-        for n in (1, 4, 16) for cascade in (True, False)
+        Workload(
+            name=f"shared 4k prefix n={n}{' cascade' if cascade else ' plain'}",
+            kind="decode",
+            q_lens=(1,) * n,
+            kv_lens=(256,) * n,
+            shared_prefix=4096,
+            cascade=cascade,
+            group="shared_prefix",
+        )
+        for n in (1, 4, 16)
+        for cascade in (True, False)
     ]
 
 
 def variants_set() -> list[Workload]:
-    hooks = {"softcap": {"soft_cap": 30.0}, "alibi": {"pos": "alibi"}, "rope": {"pos": "rope"},
-             "window 1024": {"mask": "sliding_window", "window_left": 1024}}
+    hooks = {
+        "softcap": {"soft_cap": 30.0},
+        "alibi": {"pos": "alibi"},
+        "rope": {"pos": "rope"},
+        "window 1024": {"mask": "sliding_window", "window_left": 1024},
+    }
     rows = []
     for label, kw in hooks.items():
         name = f"prefill 4k causal {label}"
@@ -174,9 +225,24 @@ def workloads(names) -> list[Workload]:
 
 
 _SHAPE_KEYS = {
-    "batch": int, "kv": int, "q": int, "tokens": int, "hq": int, "hkv": int, "hd": int, "page": int,
-    "q_dtype": str, "kv_dtype": str, "mask": str, "pos": str, "soft_cap": float, "window": int,
-    "prefix": int, "cascade": bool, "split": bool, "causal": bool,
+    "batch": int,
+    "kv": int,
+    "q": int,
+    "tokens": int,
+    "hq": int,
+    "hkv": int,
+    "hd": int,
+    "page": int,
+    "q_dtype": str,
+    "kv_dtype": str,
+    "mask": str,
+    "pos": str,
+    "soft_cap": float,
+    "window": int,
+    "prefix": int,
+    "cascade": bool,
+    "split": bool,
+    "causal": bool,
 }
 
 
@@ -201,9 +267,15 @@ def parse_shape(text: str) -> Workload:
     q = 1 if kind == "decode" else values.pop("q", kv)
     mask = values.pop("mask", "causal" if values.pop("causal", kind == "prefill") else "none")
     args = dict(
-        num_qo_heads=values.pop("hq", 32), num_kv_heads=values.pop("hkv", 8), head_dim=values.pop("hd", 128),
-        page_size=values.pop("page", 16), window_left=values.pop("window", -1),
-        shared_prefix=values.pop("prefix", 0), split_kv=values.pop("split", True), mask=mask, **values,
+        num_qo_heads=values.pop("hq", 32),
+        num_kv_heads=values.pop("hkv", 8),
+        head_dim=values.pop("hd", 128),
+        page_size=values.pop("page", 16),
+        window_left=values.pop("window", -1),
+        shared_prefix=values.pop("prefix", 0),
+        split_kv=values.pop("split", True),
+        mask=mask,
+        **values,
     )
     return Workload(name=f"user {text}", kind=kind, q_lens=(q,) * batch, kv_lens=(kv,) * batch, **args)
 

@@ -47,22 +47,51 @@ def sanitize(variants: list[Variant], *, seed: int, tools=TOOLS, timeout: float 
     sanitizer's count (memcheck errors, racecheck hazards), or -1 when the child died without a summary."""
     sanitizer = find_sanitizer()
     if sanitizer is None:
-        return [{"tool": t, "variant": "", "errors": 0, "exit_code": None,
-                 "log": "compute-sanitizer not found (install the CUDA toolkit); nothing was checked"}
-                for t in tools]
+        return [
+            {
+                "tool": t,
+                "variant": "",
+                "errors": 0,
+                "exit_code": None,
+                "log": "compute-sanitizer not found (install the CUDA toolkit); nothing was checked",
+            }
+            for t in tools
+        ]
     env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
     findings = []
     for tool in tools:
         for v in subset(variants):
-            cmd = [sanitizer, "--tool", tool, "--kernel-name", "kns=fib", "--error-exitcode", str(ERROR_EXIT),
-                   "--print-limit", "20", sys.executable, "-m", __name__, "--seed", str(seed), v.id]
+            cmd = [
+                sanitizer,
+                "--tool",
+                tool,
+                "--kernel-name",
+                "kns=fib",
+                "--error-exitcode",
+                str(ERROR_EXIT),
+                "--print-limit",
+                "20",
+                sys.executable,
+                "-m",
+                __name__,
+                "--seed",
+                str(seed),
+                v.id,
+            ]
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
                 output, code = done.stdout + done.stderr, done.returncode
             except subprocess.TimeoutExpired as e:
                 output, code = f"timed out after {timeout:.0f} s\n{e.stdout or ''}", None
-            findings.append({"tool": tool, "variant": v.id, "errors": _count(tool, output, code),
-                             "exit_code": code, "log": _tail(output)})
+            findings.append(
+                {
+                    "tool": tool,
+                    "variant": v.id,
+                    "errors": _count(tool, output, code),
+                    "exit_code": code,
+                    "log": _tail(output),
+                }
+            )
     return findings
 
 

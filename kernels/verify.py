@@ -58,8 +58,12 @@ class CaseResult:
 
     def to_dict(self) -> dict:
         return {
-            "index": self.index, "shape": self.shape, "description": self.description, "passed": self.passed,
-            "error": self.error, "output": self.output.to_dict() if self.output else None,
+            "index": self.index,
+            "shape": self.shape,
+            "description": self.description,
+            "passed": self.passed,
+            "error": self.error,
+            "output": self.output.to_dict() if self.output else None,
             "lse": self.lse.to_dict() if self.lse else None,
         }
 
@@ -94,11 +98,14 @@ class VariantResult:
     def to_dict(self) -> dict:
         worst = self.worst
         return {
-            "id": self.id, "result": self.result, "cases": len(self.cases),
+            "id": self.id,
+            "result": self.result,
+            "cases": len(self.cases),
             "max_abs_err": worst.max_abs_err if worst else None,
             "max_rel_err": worst.rel_err if worst else None,
             "tolerance": worst.tolerance if worst else None,
-            "seconds": round(self.seconds, 3), "message": self.message,
+            "seconds": round(self.seconds, 3),
+            "message": self.message,
             "case_results": [c.to_dict() for c in self.cases],
         }
 
@@ -122,12 +129,21 @@ class VerifyReport:
     def to_dict(self) -> dict:
         results = [v.result for v in self.variants]
         return {
-            "schema": SCHEMA, "seed": self.seed, "device": self.device, "gpu": self.gpu,
-            "torch": torch.__version__, "factor": self.factor, "packs": self.packs,
-            "variants": [v.to_dict() for v in self.variants], "sanitize": self.sanitize,
+            "schema": SCHEMA,
+            "seed": self.seed,
+            "device": self.device,
+            "gpu": self.gpu,
+            "torch": torch.__version__,
+            "factor": self.factor,
+            "packs": self.packs,
+            "variants": [v.to_dict() for v in self.variants],
+            "sanitize": self.sanitize,
             "summary": {
-                "variants": len(results), "passed": results.count("pass"), "failed": results.count("fail"),
-                "errors": results.count("error"), "cases": sum(len(v.cases) for v in self.variants),
+                "variants": len(results),
+                "passed": results.count("pass"),
+                "failed": results.count("fail"),
+                "errors": results.count("error"),
+                "cases": sum(len(v.cases) for v in self.variants),
             },
         }
 

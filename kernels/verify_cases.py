@@ -68,15 +68,23 @@ class Case:
         extra = f" window {self.window_left}" if self.window_left >= 0 else ""
         extra += f" cap {self.soft_cap:g}" if self.soft_cap else ""
         extra += "" if self.split_kv else " no-split"
-        return (f"batch {len(self.q_lens)}, q {_short(self.q_lens)}, kv {_short(self.kv_lens)}, "
-                f"heads {self.num_qo_heads}/{self.num_kv_heads}, {kv}{extra}")
+        return (
+            f"batch {len(self.q_lens)}, q {_short(self.q_lens)}, kv {_short(self.kv_lens)}, "
+            f"heads {self.num_qo_heads}/{self.num_kv_heads}, {kv}{extra}"
+        )
 
     def to_dict(self) -> dict:
         return {
-            "seed": self.seed, "q_lens": list(self.q_lens), "kv_lens": list(self.kv_lens),
-            "num_qo_heads": self.num_qo_heads, "num_kv_heads": self.num_kv_heads,
-            "page_size": self.page_size, "kv_layout": self.kv_layout, "window_left": self.window_left,
-            "soft_cap": self.soft_cap, "split_kv": self.split_kv,
+            "seed": self.seed,
+            "q_lens": list(self.q_lens),
+            "kv_lens": list(self.kv_lens),
+            "num_qo_heads": self.num_qo_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "page_size": self.page_size,
+            "kv_layout": self.kv_layout,
+            "window_left": self.window_left,
+            "soft_cap": self.soft_cap,
+            "split_kv": self.split_kv,
         }
 
 
@@ -210,10 +218,16 @@ def make_inputs(variant: Variant, case: Case, device: torch.device | str) -> Inp
         lens = zip(case.q_lens, case.kv_lens, strict=True)
         masks = [torch.rand(ql, kl, generator=g) < 0.7 for ql, kl in lens]
     return Inputs(
-        q=q.to(device), k=k.to(device), v=v.to(device),
-        qo_indptr=qo_indptr.to(device), kv_indptr=kv_indptr.to(device),
-        kv_indices=_to(kv_indices, device), kv_last_page_len=_to(kv_last_page_len, device),
-        sm_scale=1.0 / math.sqrt(d), k_scale=k_scale, v_scale=v_scale,
+        q=q.to(device),
+        k=k.to(device),
+        v=v.to(device),
+        qo_indptr=qo_indptr.to(device),
+        kv_indptr=kv_indptr.to(device),
+        kv_indices=_to(kv_indices, device),
+        kv_last_page_len=_to(kv_last_page_len, device),
+        sm_scale=1.0 / math.sqrt(d),
+        k_scale=k_scale,
+        v_scale=v_scale,
         alibi_slopes=hooks.alibi_slopes(hq).to(device) if variant.pos == "alibi" else None,
         custom_masks=[m.to(device) for m in masks],
     )
@@ -236,11 +250,19 @@ def reference_outputs(
         lo = int(inputs.qo_indptr[r])
         k, v = inputs.request_kv(case, r)
         o, lse = reference.attention(
-            inputs.q[lo : lo + q_len], k, v,
-            mask=variant.mask, pos=variant.pos, sm_scale=inputs.sm_scale,
-            soft_cap=case.soft_cap or None, window_left=case.window_left,
+            inputs.q[lo : lo + q_len],
+            k,
+            v,
+            mask=variant.mask,
+            pos=variant.pos,
+            sm_scale=inputs.sm_scale,
+            soft_cap=case.soft_cap or None,
+            window_left=case.window_left,
             custom_mask=inputs.custom_masks[r] if inputs.custom_masks else None,
-            alibi_slopes=inputs.alibi_slopes, k_scale=inputs.k_scale, v_scale=inputs.v_scale, dtype=dtype,
+            alibi_slopes=inputs.alibi_slopes,
+            k_scale=inputs.k_scale,
+            v_scale=inputs.v_scale,
+            dtype=dtype,
         )
         outs.append(o)
         lses.append(lse)

@@ -27,12 +27,18 @@ class MergeCase:
     head_dim: int
 
     def describe(self) -> str:
-        return f"rows {len(self.counts)}, states/row {min(self.counts)}..{max(self.counts)}, " \
-               f"heads {self.num_heads}, hd {self.head_dim}"
+        return (
+            f"rows {len(self.counts)}, states/row {min(self.counts)}..{max(self.counts)}, "
+            f"heads {self.num_heads}, hd {self.head_dim}"
+        )
 
     def to_dict(self) -> dict:
-        return {"seed": self.seed, "counts": list(self.counts), "num_heads": self.num_heads,
-                "head_dim": self.head_dim}
+        return {
+            "seed": self.seed,
+            "counts": list(self.counts),
+            "num_heads": self.num_heads,
+            "head_dim": self.head_dim,
+        }
 
 
 def random_merge_cases(rng: random.Random, count: int, max_rows: int = 300) -> list[MergeCase]:
@@ -56,8 +62,12 @@ def merge_inputs(case: MergeCase, device) -> dict:
     partial_lse[torch.rand(pool, case.num_heads, generator=g) < 0.05] = float("-inf")  # states with no key
     indices = torch.randperm(pool, generator=g)[:entries].int()
     indptr = torch.tensor([0, *torch.tensor(case.counts).cumsum(0).tolist()], dtype=torch.int32)
-    tensors = {"partial_o": partial_o, "partial_lse": partial_lse, "merge_indptr": indptr,
-               "merge_indices": indices}
+    tensors = {
+        "partial_o": partial_o,
+        "partial_lse": partial_lse,
+        "merge_indptr": indptr,
+        "merge_indices": indices,
+    }
     return {k: t.to(device) for k, t in tensors.items()}
 
 
@@ -112,7 +122,13 @@ def compare_merge(o, lse, x: dict, case: MergeCase, factor: float) -> tuple[Comp
     overwritten = int((~unwritten(o[untouched])).sum() + (~unwritten(lse[untouched])).sum())
     keep = ~untouched
     o_cmp = compare(o[keep], ref_o[keep], low_o[keep], empty_rows=empty[keep], factor=factor)
-    lse_cmp = compare(lse[keep], ref_lse[keep], low_lse[keep], empty_rows=empty[keep],
-                      empty_value=float("-inf"), factor=factor)
+    lse_cmp = compare(
+        lse[keep],
+        ref_lse[keep],
+        low_lse[keep],
+        empty_rows=empty[keep],
+        empty_value=float("-inf"),
+        factor=factor,
+    )
     o_cmp.empty_row_errors += overwritten  # writing a row that has no state is the same class of bug
     return o_cmp, lse_cmp
