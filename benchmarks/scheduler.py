@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import torch
-from flashinfer_build.kernels import cascade, scheduler, wrappers
+from flashinfer_build.kernels import cascade, scheduler, wrapper_engine, wrappers
 from flashinfer_build.kernels.bench_timing import rotation_sets, time_calls
 
 HQ, HKV, D, PAGE = 32, 8, 128, 16
@@ -68,7 +68,7 @@ def sets_for(total_keys, device):
 
 def decode_time(kv_lens, split_kv, device, sets):
     indptr, indices, last, caches, _, _ = paged_batch(kv_lens, sets, device)
-    size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=len(kv_lens))
+    size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=len(kv_lens), max_num_pages=len(indices))
     w = wrappers.BatchDecodeWrapper(torch.empty(size, dtype=torch.uint8, device=device))
     w.plan(indptr, indices, last, HQ, HKV, D, PAGE, split_kv=split_kv)
     qs = [torch.randn(len(kv_lens), HQ, D, device=device, dtype=BF16) for _ in caches]
@@ -106,10 +106,82 @@ def bench_split(device, quick):
     return rows
 
 
+def chunk_sweep(device, quick):
+    """Times of forced chunk sizes (and the cost model's choice) on a few decode batches, through
+    ops directly: how the cost model's choice compares with the best chunk on this GPU."""
+    variant = wrapper_engine.variant_for("decode", BF16, None, D, "none", "none", None)
+    kernel = wrapper_engine.kernel_shape(variant, device.index or 0)
+    rows = []
+    workloads = [
+        ("1 x 32k", [32768]),
+        ("skewed 1 x 32k + 63 x 512", [32768] + [512] * 63),
+        ("8 x 32k", [32768] * 8),
+        ("16 x 8k", [8192] * 16),
+    ]
+    for label, kv_lens in workloads[: 2 if quick else None]:
+        sets = sets_for(sum(kv_lens), device)
+        indptr, indices, last, caches, _, _ = paged_batch(kv_lens, sets, device)
+        model = scheduler.plan(
+            None, kv_lens, num_qo_heads=HQ, num_kv_heads=HKV, page_size=PAGE, kernel=kernel
+        )
+        times = {}
+        for chunk in sorted({0, 256, 512, 1024, 2048, 4096, 8192, model.chunk_size}):
+            p = scheduler.plan(
+                None,
+                kv_lens,
+                num_qo_heads=HQ,
+                num_kv_heads=HKV,
+                page_size=PAGE,
+                kernel=kernel,
+                split_kv=chunk > 0,
+                force_chunk=chunk,
+            )
+            times[chunk] = _ops_time(variant, p, indptr, indices, last, caches, device)
+        best = min(times, key=times.get)
+        rows.append(
+            {
+                "workload": label,
+                "model_chunk": model.chunk_size,
+                "model_us": round(times[model.chunk_size], 2),
+                "best_chunk": best,
+                "best_us": round(times[best], 2),
+                "times_us": {str(c): round(t, 2) for c, t in times.items()},
+            }
+        )
+    return rows
+
+
+def _ops_time(variant, p, indptr, indices, last, caches, device):
+    from flashinfer_build.kernels import ops
+
+    i32 = dict(dtype=torch.int32, device=device)
+    work = torch.from_numpy(p.work).to(device)
+    index = dict(kv_indptr=indptr.to(device), kv_indices=indices.to(device), kv_last_page_len=last.to(device))
+    rows = max(p.num_partial_rows, 1)
+    partial_o = torch.empty(rows, HQ, D, device=device)
+    partial_lse = torch.empty(rows, HQ, device=device)
+    merge_index = (torch.from_numpy(p.merge_indptr).to(**i32), torch.from_numpy(p.merge_indices).to(**i32))
+    calls = []
+    for k, v in caches:
+        q = torch.randn(len(last), HQ, D, device=device, dtype=BF16)
+        o = torch.empty_like(q)
+        split = dict(partial_o=partial_o, partial_lse=partial_lse) if p.split else {}
+        attention = ops.prepare_attention(variant, q, k, v, o, work=work, **index, **split)
+        merge = ops.prepare_merge(partial_o, partial_lse, *merge_index, o) if p.split else None
+
+        def call(a=attention, m=merge, q=q, k=k, v=v, o=o):
+            a.launch(q, k, v, o)
+            if m is not None:
+                m.launch(o)
+
+        calls.append(call)
+    return time_calls(calls, graph=True).median_us
+
+
 def bench_plan_time(device, batch=256, calls=500):
     rng = np.random.default_rng(0)
-    kernel = wrappers._kernel_shape(
-        wrappers._variant("decode", BF16, None, D, "none", "none", None), device.index or 0
+    kernel = wrapper_engine.kernel_shape(
+        wrapper_engine.variant_for("decode", BF16, None, D, "none", "none", None), device.index or 0
     )
     results = []
     for label, kv_lens in [
@@ -118,7 +190,7 @@ def bench_plan_time(device, batch=256, calls=500):
         ("uniform 2k", [2048] * batch),
     ]:
         indptr, indices, last, _, _, _ = paged_batch(kv_lens, 0, device)
-        size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=batch)
+        size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=batch, max_num_pages=len(indices))
         w = wrappers.BatchDecodeWrapper(torch.empty(size, dtype=torch.uint8, device=device))
         kv = scheduler.kv_lengths(indptr.numpy(), last.numpy(), PAGE)
         wall = []
@@ -147,7 +219,7 @@ def bench_cascade(device, prefix=4096, suffix=256):
     for n in (1, 4, 16):
         sets = sets_for(prefix + n * suffix, device)
         indptr, indices, last, caches, prefix_ids, rest = paged_batch([suffix] * n, sets, device, prefix)
-        size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=n)
+        size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=n, max_num_pages=len(indices))
         plain = wrappers.BatchDecodeWrapper(torch.empty(size, dtype=torch.uint8, device=device))
         plain.plan(indptr, indices, last, HQ, HKV, D, PAGE)
         own = suffix // PAGE
@@ -201,6 +273,7 @@ def main():
         "host_cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "split": bench_split(device, args.quick),
+        "chunk_sweep": chunk_sweep(device, args.quick),
         "plan_time": bench_plan_time(device),
         "cascade": bench_cascade(device),
     }
@@ -213,6 +286,15 @@ def main():
         print(
             f"{r['workload']:32} {r['planned_us']:11.1f} {r['unsplit_us']:11.1f} {r['speedup']:8.2f} "
             f"{r['chunk']:6d} {r['items']:6d}"
+        )
+    print(
+        f"{'chunk sweep':28} {'model chunk':>11} {'model us':>9} {'best chunk':>10} {'best us':>8}  "
+        "all (chunk: us; 0 = unsplit)"
+    )
+    for r in results["chunk_sweep"]:
+        print(
+            f"{r['workload']:28} {r['model_chunk']:11d} {r['model_us']:9.1f} {r['best_chunk']:10d} "
+            f"{r['best_us']:8.1f}  {r['times_us']}"
         )
     print(f"{'plan at batch':40} {'wrapper us':>11} {'scheduler us':>13} split")
     for r in results["plan_time"]:

@@ -29,18 +29,18 @@ import torch
 from . import ops, scheduler
 from .checks import InvalidArgument
 from .scheduler import DEFAULT_COST, CostModel, KernelShape, Plan
-from .wrappers import (
+from .wrapper_engine import (
     KV_BYTES,
-    _check_heads,
-    _check_indptr,
-    _check_knobs,
-    _host_index,
-    _kernel_shape,
-    _knobs,
-    _signature,
-    _split_cache,
-    _Staging,
-    _variant,
+    Staging,
+    check_heads,
+    check_indptr,
+    check_knobs,
+    host_index,
+    kernel_shape,
+    make_knobs,
+    signature,
+    split_cache,
+    variant_for,
 )
 
 
@@ -180,7 +180,7 @@ class CascadeWrapper:
         if kv_layout not in ops.KV_LAYOUTS:
             raise InvalidArgument(f"kv_layout must be one of {ops.KV_LAYOUTS}, got {kv_layout!r}")
         self.num_levels, self.workspace, self.kv_layout = num_levels, workspace, kv_layout
-        self.staging = _Staging()
+        self.staging = Staging()
         self.plan_: CascadePlan | None = None
 
     def plan(
@@ -208,20 +208,20 @@ class CascadeWrapper:
         arrays = (qo_indptr_arr, paged_kv_indptr_arr, paged_kv_indices_arr, paged_kv_last_page_len_arr)
         if any(len(a) != self.num_levels for a in arrays):
             raise InvalidArgument(f"each *_arr argument must have one entry per level ({self.num_levels})")
-        _check_heads(num_qo_heads, num_kv_heads)
+        check_heads(num_qo_heads, num_kv_heads)
         device = self.workspace.device
         device_index = device.index if device.index is not None else torch.cuda.current_device()
         host_levels, lens, variants, kernels = [], [], [], []
         for i, (qo_indptr, kv_indptr, kv_indices, last_page_len) in enumerate(zip(*arrays, strict=True)):
-            qo_ptr = _host_index(f"qo_indptr_arr[{i}]", qo_indptr)
-            kv_ptr = _host_index(f"paged_kv_indptr_arr[{i}]", kv_indptr, length=qo_ptr.shape[0])
-            indices = _host_index(f"paged_kv_indices_arr[{i}]", kv_indices)
-            last = _host_index(f"paged_kv_last_page_len_arr[{i}]", last_page_len, length=qo_ptr.shape[0] - 1)
-            _check_indptr(f"qo_indptr_arr[{i}]", qo_ptr)
-            _check_indptr(f"paged_kv_indptr_arr[{i}]", kv_ptr, indices.shape[0])
+            qo_ptr = host_index(f"qo_indptr_arr[{i}]", qo_indptr)
+            kv_ptr = host_index(f"paged_kv_indptr_arr[{i}]", kv_indptr, length=qo_ptr.shape[0])
+            indices = host_index(f"paged_kv_indices_arr[{i}]", kv_indices)
+            last = host_index(f"paged_kv_last_page_len_arr[{i}]", last_page_len, length=qo_ptr.shape[0] - 1)
+            check_indptr(f"qo_indptr_arr[{i}]", qo_ptr)
+            check_indptr(f"paged_kv_indptr_arr[{i}]", kv_ptr, indices.shape[0])
             qo_lens = np.diff(qo_ptr)
             family = level_family(qo_lens)
-            variant = _variant(
+            variant = variant_for(
                 family,
                 q_dtype,
                 kv_dtype,
@@ -230,12 +230,12 @@ class CascadeWrapper:
                 "none",
                 logits_soft_cap,
             )
-            knobs = _knobs(sm_scale, logits_soft_cap, 1.0, 1e4, k_scale, v_scale, -1, None)
-            _check_knobs(variant, knobs, num_qo_heads)
+            knobs = make_knobs(sm_scale, logits_soft_cap, 1.0, 1e4, k_scale, v_scale, -1, None)
+            check_knobs(variant, knobs, num_qo_heads)
             host_levels.append((qo_ptr, kv_ptr, indices, last))
             lens.append((qo_lens, scheduler.kv_lengths(kv_ptr, last, page_size)))
             variants.append(variant)
-            kernels.append(_kernel_shape(variant, device_index))
+            kernels.append(kernel_shape(variant, device_index))
         try:
             cp = plan_cascade(
                 lens,
@@ -328,7 +328,7 @@ class CascadeWrapper:
             raise RuntimeError(
                 "CascadeWrapper does not support CUDA-graph capture (its buffers move with each plan)"
             )
-        k, v = _split_cache(paged_kv_cache)
+        k, v = split_cache(paged_kv_cache)
         if q.dim() != 3 or q.shape[0] != self.plan_.num_tokens:
             raise InvalidArgument(f"q must be [{self.plan_.num_tokens}, Hq, D] (the planned tokens)")
         if out is None:
@@ -341,7 +341,7 @@ class CascadeWrapper:
     def launcher(self, q, k, v, out, lse=None):
         """The kernel launches of run() for these tensors, as a closure (benchmarks capture it in a
         CUDA graph; valid until the next plan)."""
-        key = tuple(_signature(t) for t in (q, k, v, out, lse))
+        key = tuple(signature(t) for t in (q, k, v, out, lse))
         launches = self.prepared.get(key)
         if launches is None:
             launches = self.prepared[key] = self._prepare(q, k, v, out, lse)

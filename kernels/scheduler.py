@@ -157,6 +157,7 @@ def plan(
     fixed_grid: bool = False,
     all_partial: bool = False,
     cost: CostModel = DEFAULT_COST,
+    force_chunk: int = 0,
 ) -> Plan:
     """Plan one batch. qo_lens (None for decode: one query per request) and kv_lens: int sequences.
 
@@ -164,7 +165,9 @@ def plan(
     unsplit raises ValueError. fixed_grid pads the work list to capacity.work_items and the merge index
     to capacity.tokens rows, as a captured CUDA graph needs. kv_bytes (bytes per KV element) weighs
     float32 partial states against KV reads in the cost model. all_partial sends every request's
-    output to partial states and the merge index, split or not (cascade levels merge them later)."""
+    output to partial states and the merge index, split or not (cascade levels merge them later).
+    force_chunk > 0 takes that chunk size instead of the cost model's choice (benchmarks calibrate the
+    model with it)."""
     kv = np.asarray(kv_lens, dtype=np.int64).reshape(-1)
     qo = np.ones_like(kv) if qo_lens is None else np.asarray(qo_lens, dtype=np.int64).reshape(-1)
     _check_problem(qo, kv, num_qo_heads, num_kv_heads, page_size, mask, window_left)
@@ -194,15 +197,21 @@ def plan(
                 np.array(sizes), tiles, lo, hi, qo, keys, longest, model, unsplit, *limits
             )
 
+    if force_chunk > 0 and longest > force_chunk:
+        chunk = force_chunk
     if all_partial and not chunk:
-        chunk = max(int(hi.max()) if hi.shape[0] else 1, 1)  # one chunk per tile
+        chunk = max(longest, 1)  # one chunk per tile
     if chunk:
         items, merge_indptr, merge_indices, num_rows = _split(
             tiles, lo, hi, qo, kv, chunk, mask, window_left, all_partial
         )
+        # Single-token plans come out in dispatch order already (see _split_single_tokens).
+        sort = not tiles.one_token_per_request
     else:
         items = np.stack([tiles.req, tiles.qo_begin, tiles.qo_end, lo, hi, np.full_like(lo, -1)], axis=1)
         merge_indptr, merge_indices, num_rows = np.zeros(num_tokens + 1, np.int64), np.zeros(0, np.int64), 0
+        # Longest first matters only where the longest item, not the spread work, sets the time.
+        sort = longest + cost.item_overhead > model.spread(keys, span.shape[0], 0)
     grid = items.shape[0]
     if capacity is not None and grid > capacity.work_items:
         raise ValueError(
@@ -213,7 +222,7 @@ def plan(
         grid = capacity.work_items
         merge_indptr = np.concatenate([merge_indptr, np.full(capacity.tokens - num_tokens, merge_indptr[-1])])
     return Plan(
-        work=_longest_first(items, grid),
+        work=_in_dispatch_order(items, grid, sort),
         num_items=items.shape[0],
         merge_indptr=merge_indptr.astype(np.int32),
         merge_indices=merge_indices.astype(np.int32),
@@ -404,35 +413,46 @@ def _split(tiles, lo, hi, qo, kv, chunk, mask, window_left, all_partial):
 
 
 def _split_single_tokens(lo, hi, rows, chunk, all_partial):
-    """_split for one query token per request (decode), where request = tile = token: the same
-    layout with fewer steps, as decode plans run every generated token."""
+    """_split for one query token per request (decode), where request = tile = token, in fewer numpy
+    calls (decode plans run for every generated token). Returns the items already in dispatch order:
+    the split requests' chunks first (their full chunks are the longest items of the plan), then one
+    item per unsplit request (none longer than a chunk), each request's partial rows consecutive."""
     windowed = bool(lo.any())
     first = lo // chunk if windowed else 0
     chunks = np.maximum((hi + (chunk - 1)) // chunk - first, 1)
-    split = (chunks > 1) | all_partial
-    block_rows = chunks * split
-    row_ends = np.cumsum(block_rows)
-    item_ends = np.cumsum(chunks)
-    req = np.repeat(np.arange(chunks.shape[0]), chunks)
-    c = np.arange(int(item_ends[-1])) - (item_ends - chunks)[req]  # chunk of the request, from its first
-    items = np.empty((req.shape[0], WORK_ITEM_FIELDS), np.int64)
-    items[:, 0] = req
-    items[:, 1] = 0
-    items[:, 2] = rows[req]
+    split = np.flatnonzero(chunks > 1) if not all_partial else np.arange(chunks.shape[0])
+    whole = np.flatnonzero(chunks == 1) if not all_partial else split[:0]
+    counts = chunks[split]
+    ends = np.cumsum(counts)
+    num_rows = int(ends[-1]) if ends.shape[0] else 0
+    req = np.repeat(split, counts)
+    c = np.arange(num_rows) - np.repeat(ends - counts, counts)  # chunk of the request, from its first
+    items = np.empty((num_rows + whole.shape[0], WORK_ITEM_FIELDS), np.int64)
+    head, tail = items[:num_rows], items[num_rows:]
+    head[:, 0], head[:, 1], head[:, 2] = req, 0, rows[req]
     begin = (c + first[req]) * chunk if windowed else c * chunk
-    items[:, 3] = np.maximum(lo[req], begin) if windowed else begin
-    items[:, 4] = np.minimum(hi[req], begin + chunk)
-    items[:, 5] = np.where(split[req], (row_ends - block_rows)[req] + c, -1)
-    num_rows = int(row_ends[-1])
-    return items, np.concatenate([[0], row_ends]), np.arange(num_rows), num_rows
+    head[:, 3] = np.maximum(lo[req], begin) if windowed else begin
+    head[:, 4] = np.minimum(hi[req], begin + chunk)
+    head[:, 5] = np.arange(num_rows)
+    tail[:, 0], tail[:, 1], tail[:, 2], tail[:, 3], tail[:, 4], tail[:, 5] = (
+        whole,
+        0,
+        rows[whole],
+        lo[whole],
+        hi[whole],
+        -1,
+    )
+    per_token = np.zeros(chunks.shape[0] + 1, np.int64)
+    per_token[split + 1] = counts
+    return items, np.cumsum(per_token), np.arange(num_rows), num_rows
 
 
-def _longest_first(items: np.ndarray, grid: int) -> np.ndarray:
-    """int32 [grid, 6]: the items by decreasing KV range (the in-order block dispatch then schedules
-    longest first), then padding items."""
+def _in_dispatch_order(items: np.ndarray, grid: int, sort: bool) -> np.ndarray:
+    """int32 [grid, 6]: the items (by decreasing KV range when `sort`: the in-order block dispatch
+    then schedules longest first), then padding items."""
     work = np.empty((grid, WORK_ITEM_FIELDS), np.int32)
     n = items.shape[0]
-    work[:n] = items[np.argsort(items[:, 3] - items[:, 4], kind="stable")] if n > 1 else items
+    work[:n] = items[np.argsort(items[:, 3] - items[:, 4], kind="stable")] if sort and n > 1 else items
     work[n:] = PADDING_ITEM
     return work
 

@@ -82,7 +82,8 @@ def test_planned_split_decode_matches_reference(layout):
     kv_lens = [32768 + rng.randint(0, 15)] + [rng.randint(0, 700) for _ in range(30)] + [0, 1, 16]
     rng.shuffle(kv_lens)
     k, v, indptr, indices, last = paged_cache(kv_lens, layout)
-    w = wrappers.BatchDecodeWrapper(workspace(wrappers.workspace_size(HQ, HKV, D, max_batch_size=64)), layout)
+    size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=64, max_num_pages=int(indices.numel()))
+    w = wrappers.BatchDecodeWrapper(workspace(size), layout)
     w.plan(indptr, indices, last, HQ, HKV, D, PAGE)
     assert w.plan_info.split, "the 32k request is split across the GPU"
     q = torch.randn(len(kv_lens), HQ, D, device="cuda", dtype=torch.bfloat16)

@@ -178,11 +178,18 @@ def test_cost_model_formula():
     assert p.split and p.estimate.chosen == min(t for _, t in p.estimate.candidates)
 
 
-def test_items_are_longest_first():
-    rng = np.random.default_rng(0)
-    p = _decode(rng.integers(0, 100_000, 100), cost=CHEAP_SPLITS)
+def test_items_are_in_dispatch_order():
+    # Unsplit, where the longest item sets the time: longest first.
+    p = _decode([700] * 10 + [100_000] + [2000] * 10, split_kv=False)
     lengths = p.work[: p.num_items, 4] - p.work[: p.num_items, 3]
     assert (np.diff(lengths) <= 0).all()
+    # Split decode: the split requests' chunks before the unsplit requests, none longer than a chunk.
+    rng = np.random.default_rng(0)
+    p = _decode(rng.integers(0, 30_000, 40), cost=CHEAP_SPLITS)
+    real = p.work[: p.num_items]
+    whole = np.flatnonzero(real[:, 5] < 0)
+    assert p.split and whole.shape[0] and whole.min() == p.num_partial_rows
+    assert (real[whole, 4] - real[whole, 3] <= p.chunk_size).all()
 
 
 def test_causal_chunks_skip_keys_no_query_sees():

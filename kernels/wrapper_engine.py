@@ -1,0 +1,581 @@
+"""The plan/run machinery behind the wrappers (kernels/wrappers.py, kernels/cascade.py): host index
+arrays in, the scheduler's plan packed into a pinned staging buffer and uploaded into the caller's
+workspace with one asynchronous copy, and the kernels' prepared launches.
+
+Plan runs for every batch, so its host time counts: what does not change between batches (the
+variant, the workspace layout of a size, the checks of the variant's scalars) is cached, and the
+tensor views and kernel params are built on the first run after a plan (ops.prepare_attention
+validates every argument there), then reused by every later run with the same tensor geometry.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from ..variants import Variant
+from . import abi, ops, scheduler
+from .checks import InvalidArgument, check_scalar
+
+DTYPE_NAMES = {
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.float8_e4m3fn: "fp8e4m3",
+    torch.float8_e5m2: "fp8e5m2",
+}
+KV_BYTES = {"bf16": 2, "fp16": 2, "fp8e4m3": 1, "fp8e5m2": 1}
+
+
+def dtype_name(name: str, dtype) -> str:
+    if isinstance(dtype, str) and dtype in KV_BYTES:
+        return dtype
+    if dtype in DTYPE_NAMES:
+        return DTYPE_NAMES[dtype]
+    raise InvalidArgument(f"{name} must be one of {', '.join(KV_BYTES)} (or the torch dtype), got {dtype!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def variant_for(family, q_dtype, kv_dtype, head_dim, mask, pos, logits_soft_cap) -> Variant:
+    q_name = dtype_name("q_dtype", q_dtype)
+    kv_name = q_name if kv_dtype is None else dtype_name("kv_dtype", kv_dtype)
+    return Variant(
+        family=family,
+        arch="sm90a",
+        q_dtype=q_name,
+        kv_dtype=kv_name,
+        head_dim=head_dim,
+        mask=mask,
+        pos=pos,
+        soft_cap=bool(logits_soft_cap),
+    )
+
+
+@functools.cache
+def kernel_shape(variant: Variant, device_index: int) -> scheduler.KernelShape:
+    info = ops.kernel_info(variant, torch.device("cuda", device_index))
+    if info.ctas_per_sm < 1:
+        raise InvalidArgument(
+            f"{variant.id} cannot run on this GPU (its shared memory or registers do not fit)"
+        )
+    num_sms = torch.cuda.get_device_properties(device_index).multi_processor_count
+    return scheduler.KernelShape(num_sms, info.ctas_per_sm, info.cta_tile_q, info.cta_tile_kv)
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(batch, tokens, group, cta_tile_q, num_sms, decode, pages, num_qo_heads, head_dim):
+    cap = scheduler.capacity(
+        max_batch=batch,
+        max_tokens=tokens,
+        group=group,
+        cta_tile_q=cta_tile_q,
+        num_sms=num_sms,
+        decode=decode,
+        max_pages=pages,
+    )
+    return scheduler.layout(cap, num_qo_heads, head_dim)
+
+
+def make_knobs(
+    sm_scale, logits_soft_cap, rope_scale, rope_theta, k_scale, v_scale, window_left, alibi_slopes
+) -> dict:
+    return {
+        "sm_scale": sm_scale,
+        "logits_soft_cap": float(logits_soft_cap or 0.0),
+        "rope_scale": rope_scale,
+        "rope_theta": rope_theta,
+        "k_scale": k_scale,
+        "v_scale": v_scale,
+        "window_left": int(window_left),
+        "alibi_slopes": alibi_slopes,
+    }
+
+
+@functools.lru_cache(maxsize=256)
+def _check_scalars(
+    variant: Variant, sm_scale, logits_soft_cap, rope_scale, rope_theta, k_scale, v_scale, window_left
+) -> None:
+    if sm_scale is not None:
+        check_scalar("sm_scale", sm_scale, positive=True)
+    for name, value in (
+        ("k_scale", k_scale),
+        ("v_scale", v_scale),
+        ("rope_scale", rope_scale),
+        ("rope_theta", rope_theta),
+    ):
+        check_scalar(name, value, positive=True)
+    if variant.soft_cap:
+        check_scalar("logits_soft_cap", logits_soft_cap, positive=True)
+    if (variant.mask == "sliding_window") != (window_left >= 0):
+        raise InvalidArgument(
+            f"window_left={window_left} with mask={variant.mask!r}: a sliding window needs window_left >= 0, "
+            "other masks leave it -1"
+        )
+
+
+def check_knobs(variant: Variant, kn: dict, num_qo_heads: int) -> None:
+    """Plan-time checks of the variant's scalars (ops.prepare_attention repeats them with the tensors)."""
+    _check_scalars(
+        variant,
+        kn["sm_scale"],
+        kn["logits_soft_cap"],
+        kn["rope_scale"],
+        kn["rope_theta"],
+        kn["k_scale"],
+        kn["v_scale"],
+        kn["window_left"],
+    )
+    slopes = kn["alibi_slopes"]
+    if (variant.pos == "alibi") != (slopes is not None):
+        raise InvalidArgument("alibi_slopes go with pos='alibi' and only with it")
+    if slopes is not None and len(slopes) != num_qo_heads:
+        raise InvalidArgument(
+            f"alibi_slopes must have num_qo_heads = {num_qo_heads} entries, got {len(slopes)}"
+        )
+
+
+def check_heads(num_qo_heads, num_kv_heads) -> None:
+    if num_kv_heads < 1 or num_qo_heads < 1 or num_qo_heads % num_kv_heads:
+        raise InvalidArgument(
+            f"num_qo_heads {num_qo_heads} must be a positive multiple of num_kv_heads {num_kv_heads}"
+        )
+
+
+def host_index(name: str, values, *, length: int | None = None) -> np.ndarray:
+    """An index array as host int32 numpy (a CUDA tensor is copied, which waits for the device)."""
+    if isinstance(values, torch.Tensor):
+        if values.dtype not in (torch.int32, torch.int64):
+            raise InvalidArgument(f"{name} must hold int32 values, got {values.dtype}")
+        values = values.cpu().numpy() if values.is_cuda else values.numpy()
+    array = np.asarray(values)
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        raise InvalidArgument(
+            f"{name} must be a 1-D array of integers, got shape {array.shape} of {array.dtype}"
+        )
+    if length is not None and array.shape[0] != length:
+        raise InvalidArgument(f"{name} must have {length} entries, got {array.shape[0]}")
+    return array.astype(np.int32, copy=False)
+
+
+def check_indptr(
+    name: str, indptr: np.ndarray, total: int | None = None, diff: np.ndarray | None = None
+) -> None:
+    """Starts at 0, never decreases (diff: indptr[1:] - indptr[:-1] when the caller has it), ends within
+    the `total` entries it indexes."""
+    if indptr.shape[0] < 1 or indptr[0] != 0:
+        raise InvalidArgument(f"{name} must start at 0 and hold batch_size + 1 entries")
+    if diff is None:
+        diff = indptr[1:] - indptr[:-1]
+    if indptr.shape[0] > 1 and (diff < 0).any():
+        raise InvalidArgument(f"{name} must be non-decreasing")
+    if total is not None and indptr[-1] > total:
+        raise InvalidArgument(f"{name}[-1] = {indptr[-1]} exceeds the {total} entries it indexes")
+
+
+def split_cache(cache):
+    if isinstance(cache, (tuple, list)) and len(cache) == 2:
+        return cache[0], cache[1]
+    raise InvalidArgument("the paged KV cache must be a (k_cache, v_cache) pair")
+
+
+def signature(t: torch.Tensor | None):
+    return None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.device)
+
+
+def _pad(values: np.ndarray, length: int) -> np.ndarray:
+    """Graph mode: index arrays padded to the bound with empty requests."""
+    if values.shape[0] >= length:
+        return values
+    fill = values[-1] if values.shape[0] else 0
+    return np.concatenate([values, np.full(length - values.shape[0], fill, np.int32)])
+
+
+class Staging:
+    """The pinned host buffer plans are written into, and the event of its last upload: the buffer is
+    reused, so a new plan first waits for the previous upload (long finished in practice)."""
+
+    def __init__(self) -> None:
+        self.host = torch.empty(0, dtype=torch.int32)
+        self.array = self.host.numpy()
+        self.bytes = self.host.view(torch.uint8)
+        self.uploaded: torch.cuda.Event | None = None
+
+    def reserve(self, nbytes: int) -> np.ndarray:
+        if self.uploaded is not None and not self.uploaded.query():
+            self.uploaded.synchronize()
+        if self.host.numel() * 4 < nbytes:
+            self.host = torch.empty(
+                max(nbytes // 4, 2 * self.host.numel()), dtype=torch.int32, pin_memory=True
+            )
+            self.array = self.host.numpy()
+            self.bytes = self.host.view(torch.uint8)
+        return self.array
+
+    def upload(self, workspace: torch.Tensor, nbytes: int) -> None:
+        workspace[:nbytes].copy_(self.bytes[:nbytes], non_blocking=True)
+        if self.uploaded is None:
+            self.uploaded = torch.cuda.Event()
+        self.uploaded.record()
+
+
+class Engine:
+    """Plan state of one batch wrapper: the current plan, its workspace layout, the prepared launches."""
+
+    def __init__(
+        self,
+        workspace,
+        kv_layout,
+        *,
+        family,
+        paged,
+        use_cuda_graph,
+        max_batch_size,
+        max_num_tokens,
+        max_num_pages,
+    ):
+        if not isinstance(workspace, torch.Tensor) or workspace.dtype != torch.uint8 or not workspace.is_cuda:
+            raise InvalidArgument("workspace must be a uint8 CUDA tensor (see workspace_size)")
+        if not workspace.is_contiguous() or workspace.dim() != 1:
+            raise InvalidArgument("workspace must be a contiguous 1-D tensor")
+        if workspace.data_ptr() % scheduler.ALIGN_BYTES:
+            raise InvalidArgument(f"workspace must be {scheduler.ALIGN_BYTES}-byte aligned")
+        if kv_layout not in ops.KV_LAYOUTS:
+            raise InvalidArgument(f"kv_layout must be one of {ops.KV_LAYOUTS}, got {kv_layout!r}")
+        self.workspace, self.kv_layout, self.family, self.paged = workspace, kv_layout, family, paged
+        self.graph = bool(use_cuda_graph)
+        if self.graph:
+            needed = {"max_batch_size": max_batch_size}
+            if family == "prefill":
+                needed["max_num_tokens"] = max_num_tokens
+            if paged:
+                needed["max_num_pages"] = max_num_pages
+            missing = [name for name, value in needed.items() if not value or value < 1]
+            if missing:
+                raise InvalidArgument(f"use_cuda_graph=True needs upper bounds: {', '.join(missing)} (>= 1)")
+        self.max_batch = max_batch_size
+        self.max_tokens = max_batch_size if family == "decode" else max_num_tokens
+        self.max_pages = max_num_pages or 0
+        self.staging = Staging()
+        self.fixed: tuple | None = None  # graph mode: (problem key, layout) of the first plan
+        self.plan_: scheduler.Plan | None = None
+        self.prepared: dict = {}
+        self.views: dict | None = None
+        self.device_index = workspace.device.index if workspace.device.index is not None else 0
+
+    def plan(
+        self,
+        qo_indptr,
+        kv_indptr,
+        kv_indices,
+        kv_last_page_len,
+        *,
+        variant,
+        num_qo_heads,
+        num_kv_heads,
+        page_size,
+        split_kv,
+        knobs,
+        custom_mask=None,
+    ):
+        decode = self.family == "decode"
+        kv_ptr = host_index("kv_indptr", kv_indptr)
+        batch = kv_ptr.shape[0] - 1
+        indices_on_device = isinstance(kv_indices, torch.Tensor) and kv_indices.is_cuda
+        last = host_indices = None
+        if self.paged:
+            if kv_indices is None or kv_last_page_len is None:
+                raise InvalidArgument("a paged KV cache needs kv_indices and kv_last_page_len")
+            host_indices = None if indices_on_device else host_index("kv_indices", kv_indices)
+            num_indices = kv_indices.shape[0] if indices_on_device else host_indices.shape[0]
+            last = host_index("kv_last_page_len", kv_last_page_len, length=batch)
+            pages = kv_ptr[1:] - kv_ptr[:-1]
+            check_indptr("kv_indptr", kv_ptr, num_indices, pages)
+            has_pages = pages > 0
+            if batch and (((last - 1).astype(np.uint32) >= page_size) & has_pages).any():
+                raise InvalidArgument(f"kv_last_page_len must lie in [1, page_size = {page_size}]")
+            kv_lens = np.where(has_pages, (pages.astype(np.int64) - 1) * page_size + last, 0)
+        else:
+            check_indptr("kv_indptr", kv_ptr)
+            kv_lens, num_indices = np.diff(kv_ptr), 0
+        qo_ptr = None
+        if not decode:
+            qo_ptr = host_index("qo_indptr", qo_indptr, length=batch + 1)
+            check_indptr("qo_indptr", qo_ptr)
+        check_knobs(variant, knobs, num_qo_heads)
+        kernel = kernel_shape(variant, self.device_index)
+        num_tokens = batch if decode else int(qo_ptr[-1])
+        if self.graph:
+            lay = self._fixed_layout(variant, num_qo_heads, num_kv_heads, kernel)
+            if self.paged and num_indices > self.max_pages:
+                raise InvalidArgument(
+                    f"{num_indices} kv_indices exceed the wrapper's max_num_pages {self.max_pages}"
+                )
+        else:
+            host_pages = 0 if host_indices is None else num_indices
+            lay = _layout(
+                max(batch, 1),
+                max(num_tokens, 1),
+                num_qo_heads // num_kv_heads,
+                kernel.cta_tile_q,
+                kernel.num_sms,
+                decode,
+                host_pages,
+                num_qo_heads,
+                variant.head_dim,
+            )
+            if self.workspace.numel() < lay.total_bytes:
+                pages = f" with max_num_pages >= {host_pages} (kv_indices given on the host are copied in)"
+                raise InvalidArgument(
+                    f"workspace holds {self.workspace.numel()} bytes but this batch needs {lay.total_bytes}: "
+                    f"allocate workspace_size(...{pages if host_pages else ''}) bytes for your largest batch"
+                )
+        p = scheduler.plan(
+            None if decode else np.diff(qo_ptr),
+            kv_lens,
+            num_qo_heads=num_qo_heads,
+            num_kv_heads=num_kv_heads,
+            page_size=page_size,
+            kernel=kernel,
+            mask=variant.mask,
+            window_left=knobs["window_left"],
+            split_kv=split_kv,
+            kv_bytes=KV_BYTES[variant.kv_dtype],
+            capacity=lay.capacity,
+            fixed_grid=self.graph,
+        )
+
+        rows = lay.capacity.batch + 1 if self.graph else batch + 1
+        arrays = {"kv_indptr": _pad(kv_ptr, rows) if self.graph else kv_ptr}
+        if self.paged:
+            arrays["kv_last_page_len"] = _pad(last, rows - 1) if self.graph else last
+            if host_indices is not None:
+                arrays["kv_indices"] = host_indices
+        if qo_ptr is not None:
+            arrays["qo_indptr"] = _pad(qo_ptr, rows) if self.graph else qo_ptr
+        host = self.staging.reserve(lay.metadata_bytes)
+        self.staging.upload(self.workspace, scheduler.pack_metadata(p, lay, host, arrays))
+        if indices_on_device:
+            self._indices_from_device(kv_indices, lay, num_indices)
+
+        self.plan_, self.variant, self.layout, self.rows = p, variant, lay, rows
+        self.split = self.graph or p.split
+        self.user_indices = kv_indices if indices_on_device and not self.graph else None
+        self.knobs = self._device_knobs(knobs, custom_mask, qo_ptr, kv_lens)
+        # Host-known bounds the kernels would otherwise read past: checked on the first run.
+        self.bounds = (num_tokens, 0 if self.paged else int(kv_ptr[-1]), host_indices, int(kv_ptr[-1]))
+        if not self.graph:
+            self.prepared, self.views = {}, None
+
+    def _fixed_layout(self, variant, num_qo_heads, num_kv_heads, kernel):
+        key = (variant, num_qo_heads, num_kv_heads)
+        if self.fixed is None:
+            lay = _layout(
+                self.max_batch,
+                self.max_tokens,
+                num_qo_heads // num_kv_heads,
+                kernel.cta_tile_q,
+                kernel.num_sms,
+                self.family == "decode",
+                self.max_pages,
+                num_qo_heads,
+                variant.head_dim,
+            )
+            if self.workspace.numel() < lay.total_bytes:
+                raise InvalidArgument(
+                    f"workspace holds {self.workspace.numel()} bytes but these bounds need "
+                    f"{lay.total_bytes}: allocate workspace_size(...) bytes"
+                )
+            self.fixed = (key, lay)
+        elif self.fixed[0] != key:
+            (v, hq, hkv), _ = self.fixed
+            raise InvalidArgument(
+                "a CUDA-graph wrapper keeps the variant and head counts of its first plan "
+                f"({v.id}, {hq}/{hkv} heads): use another wrapper"
+            )
+        return self.fixed[1]
+
+    def _indices_from_device(self, kv_indices, lay, count):
+        if (
+            kv_indices.dtype != torch.int32
+            or kv_indices.device != self.workspace.device
+            or kv_indices.dim() != 1
+        ):
+            raise InvalidArgument("kv_indices must be a 1-D int32 tensor on the workspace's device")
+        if self.graph and count:
+            region = self.workspace[lay.kv_indices : lay.kv_indices + count * 4].view(torch.int32)
+            region.copy_(kv_indices[:count], non_blocking=True)
+
+    def _device_knobs(self, kn, custom_mask, qo_ptr, kv_lens):
+        slopes = kn["alibi_slopes"]
+        if slopes is None and self.variant.mask != "custom":
+            if custom_mask is not None:
+                raise InvalidArgument("custom_mask is only read with mask='custom'")
+            return kn
+        kn = dict(kn)
+        device = self.workspace.device
+        if slopes is not None:
+            slopes = torch.as_tensor(slopes, dtype=torch.float32)
+            previous = getattr(self, "knobs", {}).get("alibi_slopes")
+            if self.graph and previous is not None:
+                previous.copy_(slopes, non_blocking=True)
+                slopes = previous
+            else:
+                slopes = slopes.to(device, non_blocking=True)
+            kn["alibi_slopes"] = slopes
+        if self.variant.mask == "custom":
+            if self.graph:
+                raise InvalidArgument("custom masks are not supported in CUDA-graph mode")
+            kn["custom_mask"], kn["mask_indptr"] = pack_mask(custom_mask, np.diff(qo_ptr), kv_lens, device)
+        return kn
+
+    def run(self, q, k, v, out, lse, return_lse):
+        if self.plan_ is None:
+            raise RuntimeError("call plan() before run()")
+        if not self.graph and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "run() is being captured in a CUDA graph, but this wrapper was not built with "
+                "use_cuda_graph=True: its buffers move with each plan, so a replay would read stale ones"
+            )
+        if self.graph and q.shape[0] != self.max_tokens:
+            raise InvalidArgument(
+                f"in CUDA-graph mode q must have the bound's {self.max_tokens} rows (pad the batch), "
+                f"got {q.shape[0]}"
+            )
+        if out is None:
+            out = self._output(q)
+        if lse is None and return_lse:
+            lse = self._lse(q)
+        self.launcher(q, k, v, out, lse)()
+        return (out, lse) if return_lse else out
+
+    def launcher(self, q, k, v, out, lse=None):
+        """The kernel launches of run() for these tensors, as a closure (benchmarks capture it in a
+        CUDA graph; valid until the next plan)."""
+        key = (signature(q), signature(k), signature(v), signature(out), signature(lse))
+        prepared = self.prepared.get(key)
+        if prepared is None:
+            prepared = self.prepared[key] = self._prepare(q, k, v, out, lse)
+        attention, merge = prepared
+
+        def launch():
+            if attention is not None:  # None: an empty batch
+                attention.launch(q, k, v, out, lse)
+            if merge is not None:
+                merge.launch(out, lse)
+
+        return launch
+
+    def _output(self, q):
+        if not self.graph:
+            return torch.empty_like(q)
+        if getattr(self, "_out", None) is None or self._out.shape != q.shape:
+            self._out = torch.empty_like(q)
+        return self._out
+
+    def _lse(self, q):
+        shape = (q.shape[0], q.shape[1])
+        if not self.graph:
+            return torch.empty(shape, dtype=torch.float32, device=q.device)
+        if getattr(self, "_lse_out", None) is None or self._lse_out.shape != shape:
+            self._lse_out = torch.empty(shape, dtype=torch.float32, device=q.device)
+        return self._lse_out
+
+    def _prepare(self, q, k, v, out, lse):
+        if not self.graph and self.plan_.num_items == 0:
+            return None, None
+        self._check_bounds(q, k)
+        if self.views is None:
+            self.views = self._views()
+        views = self.views
+        kn = {name: value for name, value in self.knobs.items() if value is not None}
+        attention = ops.prepare_attention(
+            self.variant,
+            q,
+            k,
+            v,
+            out,
+            kv_indptr=views["kv_indptr"],
+            kv_indices=views.get("kv_indices"),
+            kv_last_page_len=views.get("kv_last_page_len"),
+            kv_layout=self.kv_layout,
+            qo_indptr=views.get("qo_indptr"),
+            work=views["work"],
+            partial_o=views.get("partial_o"),
+            partial_lse=views.get("partial_lse"),
+            lse=lse,
+            **kn,
+        )
+        merge = None
+        if self.split:
+            merge = ops.prepare_merge(
+                views["partial_o"],
+                views["partial_lse"],
+                views["merge_indptr"],
+                views["merge_indices"],
+                out,
+                lse,
+            )
+        return attention, merge
+
+    def _check_bounds(self, q, k) -> None:
+        q_rows, kv_rows, host_indices, used = self.bounds
+        if q.dim() >= 1 and q.shape[0] < q_rows:
+            raise InvalidArgument(f"q has {q.shape[0]} rows but the plan has {q_rows} query tokens")
+        if not self.paged and k.dim() >= 1 and k.shape[0] < kv_rows:
+            raise InvalidArgument(f"kv_indptr needs {kv_rows} KV rows but k has {k.shape[0]}")
+        if self.paged and host_indices is not None and used and k.dim() == 4:
+            ids = host_indices[:used]
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= k.shape[0]:
+                raise InvalidArgument(
+                    f"kv_indices holds page id {lo if lo < 0 else hi}, outside the cache's "
+                    f"pages [0, {k.shape[0]})"
+                )
+
+    def _views(self) -> dict:
+        ws, p, lay, rows = self.workspace, self.plan_, self.layout, self.rows
+
+        def view(offset, count, dtype=torch.int32):
+            return ws[offset : offset + count * 4].view(dtype)  # int32 and float32 alike
+
+        cap = lay.capacity
+        views = {
+            "work": view(lay.work, p.work.size).view(-1, abi.WORK_ITEM_FIELDS),
+            "kv_indptr": view(lay.kv_indptr, rows),
+            "merge_indptr": view(lay.merge_indptr, p.merge_indptr.shape[0]),
+            "merge_indices": view(
+                lay.merge_indices, cap.partial_rows if self.graph else p.merge_indices.shape[0]
+            ),
+        }
+        if self.paged:
+            views["kv_last_page_len"] = view(lay.kv_last_page_len, rows - 1)
+            indices = self.user_indices
+            views["kv_indices"] = indices if indices is not None else view(lay.kv_indices, cap.pages)
+        if self.family == "prefill":
+            views["qo_indptr"] = view(lay.qo_indptr, rows)
+        if self.split:
+            partial_rows = cap.partial_rows if self.graph else p.num_partial_rows
+            heads, dim = lay.num_qo_heads, lay.head_dim
+            views["partial_o"] = view(lay.partial_o, partial_rows * heads * dim, torch.float32).view(
+                -1, heads, dim
+            )
+            views["partial_lse"] = view(lay.partial_lse, partial_rows * heads, torch.float32).view(-1, heads)
+        return views
+
+
+def pack_mask(custom_mask, qo_lens, kv_lens, device):
+    """Bool masks of all requests, flattened and concatenated, as the kernels' bits (little-endian
+    within each byte) and the bit offset of each request's [q_len, kv_len] block."""
+    sizes = qo_lens.astype(np.int64) * kv_lens
+    if custom_mask is None or custom_mask.dim() != 1 or custom_mask.shape[0] != int(sizes.sum()):
+        raise InvalidArgument(
+            f"custom_mask must be a 1-D bool tensor of {int(sizes.sum())} entries (every request's "
+            "[q_len, kv_len] mask, flattened and concatenated)"
+        )
+    bits = custom_mask.to(device=device, dtype=torch.uint8)
+    bits = torch.nn.functional.pad(bits, (0, (-bits.shape[0]) % 8)).view(-1, 8)
+    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8, device=device)
+    packed = (bits * weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+    indptr = torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)])).to(device)
+    return packed, indptr
