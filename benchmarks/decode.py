@@ -2,14 +2,15 @@
 
     python benchmarks/decode.py [--graph] [--batches 1,16,64,256] [--kv 1024,8192,32768]
                                 [--kv-dtypes bf16,fp8e4m3] [--no-sdpa] [--json FILE]
+                                [--layout NHD|HND] [--page-size 16] [--sequential-pages]
 
 Shape (issue 3): 32 query heads, 8 KV heads, head dim 128, page size 16, NHD, bf16 queries, every
-request of the batch with the same KV length, pages shuffled. GB/s counts the bytes a decode step must
-move (K and V once, q read, o written) over the median time; "% copy" is that over the device's own
-copy bandwidth measured at start. Small batches use a split work list (KV chunks, then the merge
-kernel), sized to fill one wave of CTAs; the time then includes the merge. SDPA rows run
-torch.nn.functional.scaled_dot_product_attention on dense [batch, heads, kv, 128] bf16 tensors of the
-same sizes (their own GQA where the backend has it).
+request of the batch with the same KV length, pages shuffled (--sequential-pages: in order). GB/s
+counts the bytes a decode step must move (K and V once, q read, o written) over the median time;
+"% copy" is that over the device's own copy bandwidth measured at start. Small batches use a split
+work list (KV chunks, then the merge kernel), sized to fill one wave of CTAs; the time then
+includes the merge. SDPA rows run torch.nn.functional.scaled_dot_product_attention on dense
+[batch, heads, kv, 128] bf16 tensors of the same sizes (its own GQA where the backend has it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from flashinfer_build.kernels.bench_timing import measure_peaks, rotation_sets, 
 from flashinfer_build.kernels.checks import torch_dtype
 from flashinfer_build.variants import Variant
 
-QO_HEADS, KV_HEADS, HEAD_DIM, PAGE_SIZE = 32, 8, 128, 16
+QO_HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 GROUP = QO_HEADS // KV_HEADS
 
 
@@ -51,23 +52,40 @@ def work_list(batch: int, kv_len: int, chunk: int | None, device):
     return torch.tensor(items, **i32), torch.tensor(merge_indptr, **i32), torch.tensor(merge_indices, **i32)
 
 
-def decode_calls(variant, batch, kv_len, sets, chunk, device):
+def random_tensor(shape, dtype, device, block: int = 1 << 28) -> torch.Tensor:
+    """Standard normal values in `dtype`, drawn a block at a time (no float32 copy of a huge cache)."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    flat = t.view(-1)
+    for i in range(0, flat.numel(), block):
+        n = min(block, flat.numel() - i)
+        flat[i : i + n] = torch.randn(n, device=device, dtype=torch.bfloat16).to(dtype)
+    return t
+
+
+def decode_calls(variant, batch, kv_len, sets, chunk, device, *, page_size, layout, sequential):
     """One launch closure per rotated input set (attention, then merge when split)."""
     kv_dtype = torch_dtype(variant.kv_dtype)
-    pages_per_req = math.ceil(kv_len / PAGE_SIZE)
+    pages_per_req = math.ceil(kv_len / page_size)
     num_pages = batch * pages_per_req
     i32 = dict(dtype=torch.int32, device=device)
     indptr = torch.arange(0, num_pages + 1, pages_per_req, **i32)
-    last = torch.full((batch,), kv_len - (pages_per_req - 1) * PAGE_SIZE, **i32)
+    last = torch.full((batch,), kv_len - (pages_per_req - 1) * page_size, **i32)
     work, merge_indptr, merge_indices = work_list(batch, kv_len, chunk, device)
     calls = []
     for _ in range(sets):
-        k = torch.randn(num_pages, PAGE_SIZE, KV_HEADS, HEAD_DIM, device=device).to(kv_dtype)
-        v = torch.randn_like(k, dtype=torch.float32).to(kv_dtype)
-        indices = torch.randperm(num_pages, device=device).to(torch.int32)
+        shape = (
+            (num_pages, page_size, KV_HEADS, HEAD_DIM)
+            if layout == "NHD"
+            else (num_pages, KV_HEADS, page_size, HEAD_DIM)
+        )
+        k, v = random_tensor(shape, kv_dtype, device), random_tensor(shape, kv_dtype, device)
+        order = (
+            torch.arange(num_pages, device=device) if sequential else torch.randperm(num_pages, device=device)
+        )
+        indices = order.to(torch.int32)
         q = torch.randn(batch, QO_HEADS, HEAD_DIM, device=device, dtype=torch.bfloat16)
         o = torch.empty_like(q)
-        kw = dict(kv_indptr=indptr, kv_indices=indices, kv_last_page_len=last, work=work)
+        kw = dict(kv_indptr=indptr, kv_indices=indices, kv_last_page_len=last, work=work, kv_layout=layout)
         if chunk is None:
             attn = ops.prepare_attention(variant, q, k, v, o, **kw)
             calls.append(lambda a=attn, q=q, k=k, v=v, o=o: a.launch(q, k, v, o))
@@ -86,8 +104,9 @@ def decode_calls(variant, batch, kv_len, sets, chunk, device):
     return calls
 
 
-def sdpa_times(batch, kv_len, device, l2_bytes) -> dict[str, float | None]:
-    """Median us per SDPA backend on rotated dense inputs; {} when two copies would not fit."""
+def sdpa_times(batch, kv_len, device, l2_bytes, graph) -> dict[str, float | None]:
+    """Median us per SDPA backend on rotated dense inputs (CUDA graph replays where the backend
+    captures); {} when two copies would not fit."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     set_bytes = 2 * batch * KV_HEADS * kv_len * HEAD_DIM * 2
@@ -97,8 +116,10 @@ def sdpa_times(batch, kv_len, device, l2_bytes) -> dict[str, float | None]:
     sets = []
     for _ in range(rotation_sets(set_bytes, l2_bytes, free)):
         q = torch.randn(batch, QO_HEADS, 1, HEAD_DIM, device=device, dtype=torch.bfloat16)
-        k = torch.randn(batch, KV_HEADS, kv_len, HEAD_DIM, device=device, dtype=torch.bfloat16)
-        sets.append((q, k, torch.randn_like(k)))
+        shape = (batch, KV_HEADS, kv_len, HEAD_DIM)
+        sets.append(
+            (q, random_tensor(shape, torch.bfloat16, device), random_tensor(shape, torch.bfloat16, device))
+        )
     out = {}
     for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
         calls = []
@@ -111,9 +132,13 @@ def sdpa_times(batch, kv_len, device, l2_bytes) -> dict[str, float | None]:
             calls.append(call)
         try:
             calls[0]()
-            out[name] = time_calls(calls).median_us
         except RuntimeError:
             out[name] = None
+            continue
+        try:
+            out[name] = time_calls(calls, graph=graph).median_us
+        except RuntimeError:
+            out[name] = time_calls(calls).median_us
     return out
 
 
@@ -125,6 +150,11 @@ def main() -> None:
     ap.add_argument("--graph", action="store_true", help="time CUDA graph replays of the launches")
     ap.add_argument("--no-sdpa", action="store_true")
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--layout", default="NHD", choices=("NHD", "HND"))
+    ap.add_argument("--page-size", type=int, default=16)
+    ap.add_argument(
+        "--sequential-pages", action="store_true", help="page table in memory order, not shuffled"
+    )
     args = ap.parse_args()
     device = torch.device("cuda")
     peaks = measure_peaks(device, matmul_n=1024)
@@ -142,7 +172,17 @@ def main() -> None:
                 elem = torch_dtype(kv_name).itemsize
                 moved = 2 * batch * kv_len * KV_HEADS * HEAD_DIM * elem + 2 * batch * QO_HEADS * HEAD_DIM * 2
                 sets = rotation_sets(moved, peaks.l2_bytes, torch.cuda.mem_get_info()[0])
-                calls = decode_calls(variant, batch, kv_len, sets, chunk, device)
+                calls = decode_calls(
+                    variant,
+                    batch,
+                    kv_len,
+                    sets,
+                    chunk,
+                    device,
+                    page_size=args.page_size,
+                    layout=args.layout,
+                    sequential=args.sequential_pages,
+                )
                 t = time_calls(calls, graph=args.graph).median_us
                 del calls
                 torch.cuda.empty_cache()
@@ -161,7 +201,7 @@ def main() -> None:
                 if kv_name != "bf16" and "bf16" in kv_bytes:
                     row["speedup_vs_bf16"] = kv_bytes["bf16"] / t
                 if kv_name == "bf16" and not args.no_sdpa:
-                    for name, us in sdpa_times(batch, kv_len, device, peaks.l2_bytes).items():
+                    for name, us in sdpa_times(batch, kv_len, device, peaks.l2_bytes, args.graph).items():
                         row[f"sdpa_{name}_us"] = us
                         row[f"sdpa_{name}_gbps"] = moved / (us * 1e-6) / 1e9 if us else None
                     torch.cuda.empty_cache()

@@ -47,37 +47,51 @@ def kernel_info(variant: Variant, device=None) -> abi.KernelInfo:
         return _kernel(variant, device).info
 
 
-def _signature(t: torch.Tensor | None):
-    return None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.device)
-
-
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+class _Spec:
+    """What launch() holds a re-pointed tensor to: the prepared tensor's metadata (cheap to compare)."""
+
+    __slots__ = ("shape", "stride", "dtype", "device_index", "align")
+
+    def __init__(self, t: torch.Tensor, align: int):
+        self.shape, self.stride, self.dtype = t.shape, t.stride(), t.dtype
+        self.device_index, self.align = t.get_device(), align
+
+    def matches(self, t) -> bool:
+        return (
+            isinstance(t, torch.Tensor)
+            and t.shape == self.shape
+            and t.dtype is self.dtype
+            and t.stride() == self.stride
+            and t.get_device() == self.device_index
+            and (t.data_ptr() % self.align == 0 or t.numel() == 0)
+        )
+
+    def describe(self) -> str:
+        return (
+            f"shape {list(self.shape)}, strides {list(self.stride)}, {self.dtype}, cuda:{self.device_index}, "
+            f"{self.align}-byte aligned"
+        )
+
+
 class _Prepared:
-    """A kernel, its params struct, and the signatures launch() holds new tensors to."""
+    """A kernel, its params struct, and the specs launch() holds new tensors to."""
 
-    _slots: tuple[str, ...] = ()
+    def _set_specs(self, tensors: dict, align: dict) -> None:
+        self._specs = {name: None if t is None else _Spec(t, align[name]) for name, t in tensors.items()}
 
-    def _relaunch_check(self, **tensors) -> None:
-        for name, t in tensors.items():
-            want = self._signatures[name]
-            if _signature(t) != want:
-                if want is None or t is None:
-                    raise InvalidArgument(
-                        f"{name} must be {'None' if want is None else 'given'}, as in prepare"
-                    )
-                raise InvalidArgument(
-                    f"{name} differs from the tensor prepared with: shape/strides/dtype/device "
-                    f"{_signature(t)} vs {want}"
-                )
-            if t is not None and t.numel() and t.data_ptr() % self._align[name]:
-                raise InvalidArgument(f"{name}'s data pointer must be {self._align[name]}-byte aligned")
+    def _reject(self, name: str, t) -> None:
+        spec = self._specs[name]
+        if spec is None or t is None:
+            raise InvalidArgument(f"{name} must be {'None' if spec is None else 'given'}, as in prepare")
+        got = f"shape {list(t.shape)}, strides {list(t.stride())}, {t.dtype}, {t.device}, at {t.data_ptr():x}"
+        raise InvalidArgument(f"{name} differs from the tensor prepared with: {got} vs {spec.describe()}")
 
     def _run(self) -> None:
-        stream = torch.cuda.current_stream(self.device).cuda_stream
-        self.kernel.run(self.params, stream)
+        self.kernel.run(self.params, torch.cuda.current_stream(self.device).cuda_stream)
 
 
 class PreparedAttention(_Prepared):
@@ -85,12 +99,15 @@ class PreparedAttention(_Prepared):
 
     def __init__(self, kernel, params, device, tensors: dict, keep_alive: tuple):
         self.kernel, self.params, self.device = kernel, params, device
-        self._signatures = {name: _signature(t) for name, t in tensors.items()}
-        self._align = {name: ALIGN_BYTES if name != "lse" else 4 for name in tensors}
+        self._set_specs(tensors, {name: ALIGN_BYTES if name != "lse" else 4 for name in tensors})
         self._keep_alive = keep_alive  # index arrays and workspaces the struct points into
 
     def launch(self, q, k, v, o, lse=None) -> None:
-        self._relaunch_check(q=q, k=k, v=v, o=o, lse=lse)
+        specs = self._specs
+        for name, t in (("q", q), ("k", k), ("v", v), ("o", o), ("lse", lse)):
+            spec = specs[name]
+            if (spec is None) != (t is None) or (spec is not None and not spec.matches(t)):
+                self._reject(name, t)
         p = self.params
         p.q, p.k, p.v, p.o, p.lse = q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), _ptr(lse)
         self._run()
@@ -373,12 +390,14 @@ def attention(variant: Variant, q, k, v, o, **kwargs) -> None:
 class PreparedMerge(_Prepared):
     def __init__(self, kernel, params, device, o, lse, keep_alive: tuple):
         self.kernel, self.params, self.device = kernel, params, device
-        self._signatures = {"o": _signature(o), "lse": _signature(lse)}
-        self._align = {"o": MERGE_ALIGN_BYTES, "lse": 4}
+        self._set_specs({"o": o, "lse": lse}, {"o": MERGE_ALIGN_BYTES, "lse": 4})
         self._keep_alive = keep_alive
 
     def launch(self, o, lse=None) -> None:
-        self._relaunch_check(o=o, lse=lse)
+        for name, t in (("o", o), ("lse", lse)):
+            spec = self._specs[name]
+            if (spec is None) != (t is None) or (spec is not None and not spec.matches(t)):
+                self._reject(name, t)
         self.params.o, self.params.lse = o.data_ptr(), _ptr(lse)
         self._run()
 

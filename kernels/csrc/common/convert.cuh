@@ -49,12 +49,12 @@ __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t w) {
   return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&w));
 }
 
-// fp8 -> fp16 by bit moves alone (no rounding, no special hardware, the same on sm80 and sm90).
-// Both fp8 formats fit in fp16 exactly once the exponent bias is accounted for: e5m2 is the top
-// byte of an fp16; e4m3 moved into fp16's exponent field reads 2^-8 times too small (bias 7 vs
-// 15), subnormals included. So the fp16 produced here times kRealPerHalf is the stored fp8 value;
-// callers fold kRealPerHalf into the tensor's scale instead of multiplying every element. e4m3's
-// NaN encoding is not preserved (fp8 KV caches hold finite values).
+// fp8 -> fp16, exact: both fp8 formats fit in fp16. e5m2 is the top byte of an fp16 (two byte
+// permutes per 4 values). e4m3 moved into fp16's exponent field by bit moves reads 2^-8 times too
+// small (bias 7 vs 15), subnormals included; sm89+ has a conversion instruction instead. So the
+// fp16 produced times kRealPerHalf is the stored fp8 value; callers fold kRealPerHalf into the
+// tensor's scale instead of multiplying every element. The bit-move path does not keep e4m3's NaN
+// encoding (fp8 KV caches hold finite values).
 template <typename Fp8>
 struct Fp8Unpack;
 
@@ -68,8 +68,18 @@ struct Fp8Unpack<cutlass::float_e5m2_t> {
   }
 };
 
+// e4m3 on sm89+ goes through the hardware conversion (one instruction per pair, real values);
+// before, through bit moves that leave values 2^-8 too small.
 template <>
 struct Fp8Unpack<cutlass::float_e4m3_t> {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  static constexpr float kRealPerHalf = 1.0f;
+  __device__ __forceinline__ static void to_half2x2(uint32_t w, uint32_t& lo, uint32_t& hi) {
+    asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e4m3x2 %0, l;\n cvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+        : "=r"(lo), "=r"(hi)
+        : "r"(w));
+  }
+#else
   static constexpr float kRealPerHalf = 256.0f;  // 2^(15 - 7)
   __device__ __forceinline__ static void to_half2x2(uint32_t w, uint32_t& lo, uint32_t& hi) {
     constexpr uint32_t kSign = 0x80008000u, kExpMant = 0x3f803f80u;
@@ -77,6 +87,7 @@ struct Fp8Unpack<cutlass::float_e4m3_t> {
     lo = ((l >> 1) & kExpMant) | (l & kSign);
     hi = ((h >> 1) & kExpMant) | (h & kSign);
   }
+#endif
 };
 
 // 4 fp8 -> 4 floats holding real values: stored value * scale.

@@ -41,8 +41,16 @@ struct DecodeTraits {
 
   static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kSliceKeys = 16;                  // keys per warp step: k of the P V mma
-  static constexpr int kTileKv = kSliceKeys * kWarps;    // keys per pipeline stage
+  static constexpr int kSliceKeys = 16;  // keys per warp step: k of the P V mma
+  // Keys per pipeline stage: 16 KB of K (and of V) per stage wherever that is at least a slice per
+  // warp. Each tile iteration carries fixed latencies (a barrier, the page lookups it publishes),
+  // so a smaller tile for fp8 (half the bytes per key) capped fp8 at ~77% of the copy bandwidth
+  // on an H100 where bf16 with the same key count reached 100%.
+  static constexpr int kTileBytes = 16 * 1024;
+  static constexpr int kTileKv = kTileBytes / kRowBytes < kSliceKeys * kWarps   ? kSliceKeys * kWarps
+                                 : kTileBytes / kRowBytes > 4 * kSliceKeys * kWarps ? 4 * kSliceKeys * kWarps
+                                                                                  : kTileBytes / kRowBytes;
+  static constexpr int kTileSlices = kTileKv / kSliceKeys;
   static constexpr int kTileQ = 16 * kWarps;             // packed query rows per CTA: one m-tile per warp at most
 
   // Lane (r, c) = (lane / 4, lane % 4) reads, of key row r, chunks c + 4m (Q K^T), and of value
@@ -58,6 +66,8 @@ struct DecodeTraits {
                                  : kPipelineBudgetBytes / kStageBytes > 4 ? 4
                                                                           : kPipelineBudgetBytes / kStageBytes;
   static constexpr int kRowsPerLoader = kTileKv * kChunks / kThreads;  // key rows each thread copies per tile
+  static constexpr int kLookupsPerThread = ceil_div(kTileKv, kThreads);  // page lookups per thread per tile
+  static constexpr int kOffsetSlots = kStages + 1;  // tiles whose row offsets are held (see decode_kernel.cuh)
 
   // Query fragments stay in registers up to head dim 128; at 256 they would crowd out the output
   // accumulators (128 registers), so they are re-read from shared memory per key slice.
@@ -70,8 +80,8 @@ struct DecodeTraits {
   static constexpr int kCombineBytes = kWarps * 16 * (kOPitch + 2) * 4;
 
   static constexpr int kPipeBytes = kStages * kStageBytes > kCombineBytes ? kStages * kStageBytes : kCombineBytes;
-  static constexpr int kOffsetsAt = kPipeBytes;  // int64 row offsets, [kStages][kTileKv]
-  static constexpr int kOffsetsBytes = kStages * kTileKv * 8;
+  static constexpr int kOffsetsAt = kPipeBytes;  // int64 row offsets, [kOffsetSlots][kTileKv]
+  static constexpr int kOffsetsBytes = kOffsetSlots * kTileKv * 8;
   // With Q in registers, Q is staged in the last stage's buffer, which the prologue leaves empty.
   static constexpr int kQAt = kQInRegisters ? (kStages - 1) * kStageBytes : kOffsetsAt + kOffsetsBytes;
   static constexpr int kSmemBytes = kOffsetsAt + kOffsetsBytes + (kQInRegisters ? 0 : kQBytes);

@@ -145,25 +145,32 @@ __device__ __forceinline__ void qk_slice(const char* s_k, int key0, int lane, co
 // holding the unnormalized probabilities; o and l are rescaled to the new running max.
 template <class Tr>
 __device__ __forceinline__ void softmax_slice(WarpState<Tr>& st, float (&s)[2][4]) {
+  float corr[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float mx = fmaxf(fmaxf(s[0][2 * h], s[0][2 * h + 1]), fmaxf(s[1][2 * h], s[1][2 * h + 1]));
     mx = warp_max<3>(mx);
     const float m_new = fmaxf(st.m[h], mx);
     const float m_ref = m_new == -INFINITY ? 0.0f : m_new;  // no key seen yet: keep exp2 finite
-    const float corr = fast_exp2(st.m[h] - m_ref);
+    corr[h] = fast_exp2(st.m[h] - m_ref);
     st.m[h] = m_new;
-    st.l[h] *= corr;
-#pragma unroll
-    for (int u = 0; u < Tr::kDimTiles; ++u) {
-      st.o[u][2 * h] *= corr;
-      st.o[u][2 * h + 1] *= corr;
-    }
+    st.l[h] *= corr[h];
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
       s[t][2 * h] = fast_exp2(s[t][2 * h] - m_ref);
       s[t][2 * h + 1] = fast_exp2(s[t][2 * h + 1] - m_ref);
       st.l[h] += s[t][2 * h] + s[t][2 * h + 1];
+    }
+  }
+  // Once the running max settles (after a few slices) it rarely moves: skip the rescale of the
+  // kHeadDim / 2 accumulators per lane when no row of the warp changed its max.
+  if (__any_sync(kFullWarp, corr[0] != 1.0f || corr[1] != 1.0f)) {
+#pragma unroll
+    for (int u = 0; u < Tr::kDimTiles; ++u) {
+      st.o[u][0] *= corr[0];
+      st.o[u][1] *= corr[0];
+      st.o[u][2] *= corr[1];
+      st.o[u][3] *= corr[1];
     }
   }
 }

@@ -21,6 +21,7 @@ namespace fib::merge {
 constexpr int kWarpsPerCta = 4;
 constexpr int kThreads = kWarpsPerCta * 32;
 constexpr int kMaxDimSlices = 2;  // float4 slices per lane: head_dim <= 256 (checked in Python)
+constexpr int kUnroll = 8;        // states whose loads are in flight together
 
 template <typename T>
 __device__ __forceinline__ void store4(T* dst, const float (&x)[4]) {
@@ -60,21 +61,34 @@ __global__ void __launch_bounds__(kThreads) merge_states_kernel(const fib_merge_
       w = fast_exp(p.partial_lse[state * p.num_heads + head] - m_ref);
     }
     total += w;
+    // kUnroll states at a time: their loads go out together instead of one latency per state.
     const int n = min(32, end - base);
-    for (int j = 0; j < n; ++j) {
-      const float wj = __shfl_sync(kFullWarp, w, j);
-      const int64_t sj = __shfl_sync(kFullWarp, state, j);
-      if (wj == 0.0f) continue;  // an empty state (lse = -inf) adds nothing, whatever its o holds
-      const float4* src = reinterpret_cast<const float4*>(p.partial_o + (sj * p.num_heads + head) * p.head_dim);
+    for (int j0 = 0; j0 < n; j0 += kUnroll) {
+      float wj[kUnroll];
+      float4 x[kUnroll][kMaxDimSlices];
 #pragma unroll
-      for (int s = 0; s < kMaxDimSlices; ++s) {
-        const int slice = lane + 32 * s;
-        if (slice < slices) {
-          const float4 x = load_streaming(src + slice);
-          acc[s][0] += wj * x.x;
-          acc[s][1] += wj * x.y;
-          acc[s][2] += wj * x.z;
-          acc[s][3] += wj * x.w;
+      for (int u = 0; u < kUnroll; ++u) {
+        const int j = (j0 + u) & 31;
+        wj[u] = __shfl_sync(kFullWarp, w, j);
+        const int64_t sj = __shfl_sync(kFullWarp, state, j);
+        // An empty state (lse = -inf, w = 0) adds nothing, whatever its o holds: it is not read.
+        const bool live = j0 + u < n && wj[u] != 0.0f;
+        const float4* src = reinterpret_cast<const float4*>(p.partial_o + (sj * p.num_heads + head) * p.head_dim);
+#pragma unroll
+        for (int s = 0; s < kMaxDimSlices; ++s) {
+          const int slice = lane + 32 * s;
+          x[u][s] = live && slice < slices ? load_streaming(src + slice) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (j0 + u >= n || wj[u] == 0.0f) continue;
+#pragma unroll
+        for (int s = 0; s < kMaxDimSlices; ++s) {
+          acc[s][0] += wj[u] * x[u][s].x;
+          acc[s][1] += wj[u] * x[u][s].y;
+          acc[s][2] += wj[u] * x[u][s].z;
+          acc[s][3] += wj[u] * x[u][s].w;
         }
       }
     }
@@ -109,7 +123,7 @@ cudaError_t run(const fib_merge_params* p, cudaStream_t stream) {
 
 template <typename OutT>
 cudaError_t info(fib_kernel_info* info) {
-  return fill_kernel_info(info, merge_states_kernel<OutT>, kThreads, 0, kWarpsPerCta, 0);
+  return fill_kernel_info<merge_states_kernel<OutT>>(info, kThreads, 0, kWarpsPerCta, 0);
 }
 
 }  // namespace fib::merge
