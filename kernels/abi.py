@@ -31,32 +31,67 @@ WORK_ITEM_FIELDS = len(WorkItem._fields_)  # int32 columns of a work list tensor
 
 class AttentionParams(C.Structure):
     _fields_ = [
-        ("q", _p), ("q_stride_n", C.c_int64), ("q_stride_h", C.c_int64), ("qo_indptr", _p),
-        ("k", _p), ("v", _p),
-        ("kv_stride_page", C.c_int64), ("kv_stride_n", C.c_int64), ("kv_stride_h", C.c_int64),
-        ("kv_indptr", _p), ("kv_indices", _p), ("kv_last_page_len", _p), ("page_size", C.c_int32),
-        ("o", _p), ("o_stride_n", C.c_int64), ("o_stride_h", C.c_int64), ("lse", _p),
-        ("work", _p), ("num_work", C.c_int32), ("partial_o", _p), ("partial_lse", _p),
-        ("batch_size", C.c_int32), ("num_qo_heads", C.c_int32), ("num_kv_heads", C.c_int32),
-        ("sm_scale", C.c_float), ("logits_soft_cap", C.c_float),
-        ("rope_scale", C.c_float), ("rope_theta", C.c_float),
-        ("k_scale", C.c_float), ("v_scale", C.c_float),
-        ("window_left", C.c_int32), ("alibi_slopes", _p), ("custom_mask", _p), ("mask_indptr", _p),
+        ("q", _p),
+        ("q_stride_n", C.c_int64),
+        ("q_stride_h", C.c_int64),
+        ("qo_indptr", _p),
+        ("k", _p),
+        ("v", _p),
+        ("kv_stride_page", C.c_int64),
+        ("kv_stride_n", C.c_int64),
+        ("kv_stride_h", C.c_int64),
+        ("kv_indptr", _p),
+        ("kv_indices", _p),
+        ("kv_last_page_len", _p),
+        ("page_size", C.c_int32),
+        ("o", _p),
+        ("o_stride_n", C.c_int64),
+        ("o_stride_h", C.c_int64),
+        ("lse", _p),
+        ("work", _p),
+        ("num_work", C.c_int32),
+        ("partial_o", _p),
+        ("partial_lse", _p),
+        ("batch_size", C.c_int32),
+        ("num_qo_heads", C.c_int32),
+        ("num_kv_heads", C.c_int32),
+        ("sm_scale", C.c_float),
+        ("logits_soft_cap", C.c_float),
+        ("rope_scale", C.c_float),
+        ("rope_theta", C.c_float),
+        ("k_scale", C.c_float),
+        ("v_scale", C.c_float),
+        ("window_left", C.c_int32),
+        ("alibi_slopes", _p),
+        ("custom_mask", _p),
+        ("mask_indptr", _p),
     ]
 
 
 class MergeParams(C.Structure):
     _fields_ = [
-        ("partial_o", _p), ("partial_lse", _p), ("merge_indptr", _p), ("merge_indices", _p),
-        ("o", _p), ("o_stride_n", C.c_int64), ("o_stride_h", C.c_int64), ("lse", _p),
-        ("num_rows", C.c_int32), ("num_heads", C.c_int32), ("head_dim", C.c_int32),
+        ("partial_o", _p),
+        ("partial_lse", _p),
+        ("merge_indptr", _p),
+        ("merge_indices", _p),
+        ("o", _p),
+        ("o_stride_n", C.c_int64),
+        ("o_stride_h", C.c_int64),
+        ("lse", _p),
+        ("num_rows", C.c_int32),
+        ("num_heads", C.c_int32),
+        ("head_dim", C.c_int32),
     ]
 
 
 class KernelInfo(C.Structure):
     _fields_ = [
-        ("abi_version", C.c_int32), ("cta_tile_q", C.c_int32), ("cta_tile_kv", C.c_int32),
-        ("num_threads", C.c_int32), ("smem_bytes", C.c_int32), ("ctas_per_sm", C.c_int32),
+        ("abi_version", C.c_int32),
+        ("cta_tile_q", C.c_int32),
+        ("cta_tile_kv", C.c_int32),
+        ("num_threads", C.c_int32),
+        ("smem_bytes", C.c_int32),
+        ("ctas_per_sm", C.c_int32),
     ]
 
     def as_dict(self) -> dict:

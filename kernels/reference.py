@@ -49,7 +49,11 @@ def attention(
     vf = vf.repeat_interleave(group, dim=1)
     s = torch.einsum("qhd,khd->hqk", qf, kf)
     s = hooks.logits_transform(
-        s, sm_scale=sm_scale, q_len=q_len, kv_len=kv_len, pos=pos,
+        s,
+        sm_scale=sm_scale,
+        q_len=q_len,
+        kv_len=kv_len,
+        pos=pos,
         alibi_slopes=alibi_slopes.to(q.device) if alibi_slopes is not None else None,
         soft_cap=soft_cap,
     )
@@ -64,8 +68,12 @@ def attention(
 
 
 def gather_paged(
-    cache: torch.Tensor, kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_last_page_len: torch.Tensor,
-    request: int, layout: str = "NHD",
+    cache: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    kv_last_page_len: torch.Tensor,
+    request: int,
+    layout: str = "NHD",
 ) -> torch.Tensor:
     """Request `request`'s keys (or values) from a paged cache, as [kv_len, H, D].
 
