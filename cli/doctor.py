@@ -13,6 +13,8 @@ from rich.table import Table
 from ..wheelbuild import doctor as checks
 from .console import out
 
+PARTS = ("nvcc", "cutlass", "ninja", "host_compiler")
+
 
 @click.command("doctor")
 @click.option("--build-dir", type=click.Path(file_okay=False), default="build", show_default=True)
@@ -24,17 +26,14 @@ def doctor(build_dir: str, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(report))
         return
-    tc = report["toolchain"]
-    if tc["ok"]:
-        for part in ("nvcc", "cutlass", "ninja", "host_compiler"):
-            info = tc[part]
-            where = info.get("path") or info.get("include")
-            extra = f" ({info['from']})" if "from" in info else ""
-            out.print(
-                f"[green]✓[/] {part:<14} {escape(info['version'])}  {escape(where)}[dim]{escape(extra)}[/]"
-            )
-    else:
-        out.print(f"[red]✗ toolchain[/]      {escape(tc['error'])}")
+    for part in PARTS:
+        info = report["toolchain"][part]
+        if "error" in info:
+            out.print(f"[red]✗[/] {part:<14} {escape(info['error'])}")
+            continue
+        where = info.get("path") or info.get("include")
+        extra = f" ({info['from']})" if "from" in info else ""
+        out.print(f"[green]✓[/] {part:<14} {escape(info['version'])}  {escape(where)}[dim]{escape(extra)}[/]")
     gpu = report["gpu"]
     if gpu["present"]:
         cc = ".".join(map(str, gpu["capability"]))

@@ -7,23 +7,40 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import toolchain
 from .errors import ToolchainError
 from .status import read_manifest
-from .toolchain import discover
 
 
 def toolchain_report(env: Mapping[str, str]) -> dict:
-    try:
-        tc = discover(env)
-    except ToolchainError as e:
-        return {"ok": False, "error": str(e)}
-    return {
-        "ok": True,
-        "nvcc": {"path": str(tc.nvcc), "version": tc.nvcc_version, "from": tc.cuda_origin},
-        "cutlass": {"include": str(tc.cutlass_include), "version": tc.cutlass_version},
-        "ninja": {"path": str(tc.ninja), "version": _first_line([str(tc.ninja), "--version"])},
-        "host_compiler": {"path": str(tc.host_compiler), "version": tc.host_compiler_version},
-    }
+    """Each part of the toolchain on its own, so one missing part does not hide the others:
+    {"ok": bool, part: {"path"/"include", "version", ...} or {"error": message}}."""
+
+    def nvcc() -> dict:
+        path, origin, _ = toolchain.find_nvcc(env)
+        return {"path": str(path), "version": toolchain.nvcc_version(path), "from": origin}
+
+    def cutlass() -> dict:
+        include = toolchain.find_cutlass(env)
+        return {"include": str(include), "version": toolchain.cutlass_version(include)}
+
+    def ninja() -> dict:
+        path = toolchain.find_ninja(env)
+        return {"path": str(path), "version": _first_line([str(path), "--version"])}
+
+    def host_compiler() -> dict:
+        path = toolchain.find_host_compiler(env)
+        return {"path": str(path), "version": toolchain.host_compiler_version(path)}
+
+    report: dict = {}
+    probes = {"nvcc": nvcc, "cutlass": cutlass, "ninja": ninja, "host_compiler": host_compiler}
+    for name, probe in probes.items():
+        try:
+            report[name] = probe()
+        except ToolchainError as e:
+            report[name] = {"error": str(e)}
+    report["ok"] = not any("error" in part for part in report.values())
+    return report
 
 
 def gpu_report() -> dict:

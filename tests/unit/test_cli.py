@@ -126,6 +126,11 @@ def test_doctor_json_reports_toolchain_gpu_and_packs(runner, monkeypatch, tmp_pa
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(data) == {"toolchain", "gpu", "packs"} and "present" in data["gpu"]
-    assert data["toolchain"]["ok"] in (True, False)
+    assert set(data["toolchain"]) == {"ok", "nvcc", "cutlass", "ninja", "host_compiler"}
     (pack,) = [p for p in data["packs"] if p["origin"] == "build"]
+    no_cutlass = {"FLASHINFER_BUILD_CUTLASS_DIR": str(tmp_path / "none")}
+    missing = runner.invoke(cli, ["doctor", "--json"], env=no_cutlass)
+    parts = json.loads(missing.stdout)["toolchain"]
+    assert not parts["ok"] and "nvidia-cutlass" in parts["cutlass"]["error"]
+    assert "error" not in parts["host_compiler"]  # one missing part does not hide the others
     assert (pack["arch"], pack["variants"], pack["min_driver_cuda"]) == ("sm90a", 1, "13.0")
