@@ -134,3 +134,17 @@ def test_doctor_json_reports_toolchain_gpu_and_packs(runner, monkeypatch, tmp_pa
     assert not parts["ok"] and "nvidia-cutlass" in parts["cutlass"]["error"]
     assert "error" not in parts["host_compiler"]  # one missing part does not hide the others
     assert (pack["arch"], pack["variants"], pack["min_driver_cuda"]) == ("sm90a", 1, "13.0")
+
+
+def test_a_users_matrix_file(runner, tmp_path):
+    matrix = tmp_path / "mine.toml"
+    matrix.write_text(
+        '[[block]]\nfamily = ["decode"]\narch = ["sm80"]\nhead_dim = [64, 256]\nmask = ["none", "causal"]\n'
+    )
+    result = runner.invoke(cli, ["list", "--matrix", str(matrix), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [v["id"] for v in data["variants"]] == ["decode_sm80_bf16_hd64", "decode_sm80_bf16_hd256"]
+    assert list(data["pruned"].values()) == [2] and "decode has one query" in next(iter(data["pruned"]))
+    both = runner.invoke(cli, ["list", "--matrix", str(matrix), "--preset", "ci"])
+    assert isinstance(both.exception, ConfigError) and "not both" in str(both.exception)
