@@ -139,7 +139,7 @@ def plan_build(options: BuildOptions, toolchain: Toolchain) -> BuildPlan:
             no_template.setdefault(variant.family, []).append(variant.id)
             continue
         text = render(variant, csrc)
-        source = options.build_dir / variant.arch / "gen" / f"{variant.id}.cu"
+        source = (options.build_dir / variant.arch / "gen" / f"{variant.id}.cu").resolve()
         headers = [
             (p.relative_to(csrc).as_posix(), read_header(p))
             for p in local_includes(text, source.parent.resolve(), (csrc,))

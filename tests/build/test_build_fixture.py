@@ -187,6 +187,34 @@ def _sm_names(listing: str, prefix: str) -> list[str]:
     return [m for m in re.findall(rf"\b({prefix}\d+)", listing)]
 
 
+def test_the_default_relative_build_dir(fixture_options, tmp_path):
+    options = fixture_options()
+    work = tmp_path / "work"
+    work.mkdir()
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flashinfer_build.cli.main",
+            "build",
+            "--preset",
+            "ci",
+            "--only",
+            "merge_*",
+            "--cache-dir",
+            str(options.cache_dir),
+            "-j",
+            "2",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FLASHINFER_BUILD_CSRC_DIR": str(options.csrc_dir)},
+    )
+    assert run.returncode == 0, run.stderr
+    assert {p.parent.name for p in (work / "build").glob("*/manifest.json")} == {"sm90a", "sm80"}
+
+
 def test_dry_run_compiles_nothing(fixture_options, toolchain):
     options = dataclasses.replace(fixture_options(), dry_run=True)
     result = build(options, toolchain)
