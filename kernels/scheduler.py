@@ -12,16 +12,20 @@ q_len rows long (token t of chunk c at row base + c * q_len + t), and the merge 
 every token, the chunks its visible keys fall into.
 
 Cost model (the unit is a "key step": the time one CTA takes to stream one key of its KV head, or one
-key against one query tile in prefill, while the GPU is full):
-  item cost      = keys + item_overhead            (+ partial_write for an item that writes a partial state)
-  attention time = max(longest item, num_kv_heads * sum of item costs / (num_sms * ctas_per_sm))
-                   i.e. the larger of the critical path and the work spread evenly over the CTA slots;
-                   items are emitted longest first, so the hardware's in-order block dispatch is
-                   longest-processing-time-first list scheduling, within 4/3 of the best makespan
-  merge time     = merge_launch + merge_entry * num_kv_heads * merged (token, chunk) pairs / CTA slots
-  plan time      = attention time (+ merge time when anything is split)
-The chunk size is picked among a few multiples of the average work per CTA slot, rounded up to whole
-pages and KV tiles; a split is taken only when it beats the unsplit plan by more than `min_gain`.
+key against one query tile in prefill, while every CTA slot of the GPU is busy):
+  item cost   = keys + item_overhead (+ partial_write when it writes a float32 partial state)
+  attention   = the CTAs (items x num_kv_heads) run in waves of `slots` = num_sms * ctas_per_sm: each
+                full wave takes the average CTA cost; a last, partial wave of r CTAs reaches a fraction
+                f(r) = (1 - exp(-r / k)) / (1 - exp(-slots / k)), k = wave_fill * slots, of the full
+                bandwidth, so it takes average * (r / slots) / f(r), each CTA at most solo_speedup times
+                faster than at full occupancy; and never less than the longest CTA at that speed
+  merge       = merge_launch + partial_write * num_kv_heads * merged rows / slots (when anything splits)
+Items go out longest first (or, for split decode, the split requests' chunks first), so the in-order
+block dispatch schedules the long ones early. Chunk candidates cut the longest tile into about as many
+pieces as it takes to match the average work per CTA slot (times a few factors), in whole pages and KV
+tiles; a split is taken only when it beats the unsplit estimate by more than `min_gain`. The constants
+were fitted to a sweep of forced chunk sizes on an H100 (docs/PERFORMANCE.md, benchmarks/scheduler.py):
+the wave quantization and the per-CTA overhead, not the continuous average, decide the best chunk.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ ALIGN_BYTES = 256
 class CostModel:
     """Constants of the cost model in key steps (see the module docstring)."""
 
-    item_overhead: float = 32.0  # a CTA's prologue (query tile, pipeline fill) and epilogue (output store)
+    item_overhead: float = 192.0  # a CTA's prologue (query tile, pipeline fill), combine and output store
+    solo_speedup: float = 1.8  # a CTA that shares the GPU with few others streams keys at most this faster
+    wave_fill: float = 0.4  # how fast a partial wave's CTAs fill the bandwidth, as a fraction of slots
     merge_launch: float = 96.0  # one more kernel launch and its ramp, ~4 us at ~45 ns per key step
     partial_bytes_per_key_byte: float = 4.0  # float32 partial rows vs the KV element they are measured in
     min_gain: float = 0.1  # split only when the estimate improves by more than this fraction
-    chunk_factors: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # x average work per CTA slot
+    split_factors: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)  # x pieces for the average
 
 
 DEFAULT_COST = CostModel()
@@ -297,14 +303,26 @@ class _Model:
     partial_write: float  # extra key steps of an item that writes a float32 partial state (and its merge)
 
     def spread(self, keys, items, split_items):
-        """Time of the work spread evenly over all CTA slots."""
+        """Time of the work spread evenly over all CTA slots (no wave quantization)."""
         work = keys + self.cost.item_overhead * items + self.partial_write * split_items
         return self.num_kv_heads * work / self.slots
 
-    def unsplit_time(self, keys: int, longest: int, tiles: int) -> float:
-        if not tiles:
+    def attention_time(self, keys: int, items: int, split_items: int, longest_item: float) -> float:
+        """Waves of CTAs: full waves at the average CTA cost, then the partial wave (module docstring)."""
+        if not items:
             return 0.0
-        return max(longest + self.cost.item_overhead, self.spread(keys, tiles, 0))
+        c = self.cost
+        average = (keys + c.item_overhead * items + self.partial_write * split_items) / items
+        full, rest = divmod(items * self.num_kv_heads, self.slots)
+        time = full * average
+        if rest:
+            fill = c.wave_fill * self.slots
+            share = (1.0 - math.exp(-rest / fill)) / (1.0 - math.exp(-self.slots / fill))
+            time += average / min(c.solo_speedup, share * self.slots / rest)
+        return max(time, longest_item / c.solo_speedup)
+
+    def unsplit_time(self, keys: int, longest: int, tiles: int) -> float:
+        return self.attention_time(keys, tiles, 0, longest + self.cost.item_overhead)
 
     def may_pay(self, unsplit: float, keys: int, tiles: int) -> bool:
         """Whether any split could beat `unsplit` by min_gain: no plan beats the keys spread evenly
@@ -313,10 +331,15 @@ class _Model:
 
 
 def _chunk_candidates(keys: int, longest: int, tiles: int, model: _Model, granule: int) -> list[int]:
-    """Chunk sizes worth evaluating: multiples of the average work per CTA slot, in whole granules,
-    shorter than the longest tile's keys (else nothing would split)."""
-    per_slot = model.spread(keys, tiles, 0)
-    sizes = {-(-max(1, int(per_slot * f)) // granule) * granule for f in model.cost.chunk_factors}
+    """Chunk sizes worth evaluating: the longest tile cut into about as many equal pieces as it takes
+    to match the average work per CTA slot (times split_factors), in whole granules, shorter than the
+    longest tile (else nothing would split). Equal pieces keep every wave full."""
+    pieces = longest / max(model.spread(keys, tiles, 0), 1.0)
+    sizes = set()
+    for f in model.cost.split_factors:
+        k = max(2, round(pieces * f))
+        piece = -(-longest // k)
+        sizes.add(-(-piece // granule) * granule)
     return sorted(s for s in sizes if s < longest)
 
 
@@ -356,9 +379,9 @@ def _choose_chunk(sizes, tiles, lo, hi, qo, keys, longest, model, unsplit, max_r
         if n_rows > max_rows or (max_items is not None and n > max_items):
             continue
         longest_item = min(size, longest) + c.item_overhead + model.partial_write
-        spread = per_slot * (keys + c.item_overhead * n + model.partial_write * n_split)
+        attention = model.attention_time(keys, int(n), int(n_split), longest_item)
         merge = c.merge_launch + model.partial_write * per_slot * n_rows
-        candidates.append((size, max(longest_item, spread) + merge))
+        candidates.append((size, attention + merge))
     if not candidates:
         return 0, unsplit, ()
     best_size, best_time = min(candidates, key=lambda sc: sc[1])

@@ -1,5 +1,7 @@
 """The split-KV planner (kernels/scheduler.py): cost model, chunk choice, coverage, workspace, graph mode."""
 
+import math
+
 import numpy as np
 import pytest
 from flashinfer_build.kernels import emulate, scheduler
@@ -160,22 +162,60 @@ def test_min_gain_keeps_marginal_splits_off():
     assert _decode([4096] * 8, cost=eager).split
 
 
+def _waves(keys, items, split_items, longest_item, slots, c, partial_write):
+    """The module docstring's attention estimate, written out independently (one KV head)."""
+    average = (keys + c.item_overhead * items + partial_write * split_items) / items
+    full, rest = divmod(items, slots)
+    time = full * average
+    if rest:
+        fill = c.wave_fill * slots
+        share = (1 - math.exp(-rest / fill)) / (1 - math.exp(-slots / fill))
+        time += average / min(c.solo_speedup, share * slots / rest)
+    return max(time, longest_item / c.solo_speedup)
+
+
 def test_cost_model_formula():
-    cost = CostModel(item_overhead=10.0, merge_launch=100.0, partial_bytes_per_key_byte=4.0)
-    kernel = KernelShape(num_sms=2, ctas_per_sm=1, cta_tile_q=16, cta_tile_kv=16)
-    # One KV head, two slots, requests of 1000 and 100 keys: the 1000-key CTA is the critical path.
-    p = scheduler.plan(
-        None, [1000, 100], num_qo_heads=1, num_kv_heads=1, page_size=1, kernel=kernel, cost=cost
-    )
-    assert p.estimate.unsplit == 1010.0
-    # Chunks of c keys: spread = (1100 + 10 * items + partial * split items) / 2; partial = 4 * 1 / (2 * 2).
+    cost = CostModel(item_overhead=10.0, solo_speedup=2.0, wave_fill=0.5, merge_launch=100.0)
+    kernel = KernelShape(num_sms=4, ctas_per_sm=1, cta_tile_q=16, cta_tile_kv=16)
+    kv = [1000, 100]
+    p = scheduler.plan(None, kv, num_qo_heads=1, num_kv_heads=1, page_size=1, kernel=kernel, cost=cost)
+    partial = 4.0 * 1 / (2 * 2)  # float32 partial row of one head vs a 2-byte key
+    # Two CTAs on four slots: the 1000-key CTA alone, at twice its full-occupancy speed, sets the time.
+    assert p.estimate.unsplit == pytest.approx(_waves(1100, 2, 0, 1010, 4, cost, 0)) == pytest.approx(505)
+    assert p.estimate.candidates
     for size, time in p.estimate.candidates:
-        chunks = -(-1000 // size)
-        items = chunks + 1
-        spread = (1100 + 10 * items + 1.0 * chunks) / 2
-        longest = min(size, 1000) + 10 + 1.0
-        assert time == pytest.approx(max(longest, spread) + 100 + 1.0 * chunks / 2)
+        counts = [-(-n // size) for n in kv]
+        items, split_items = sum(counts), sum(c for c in counts if c > 1)
+        attention = _waves(1100, items, split_items, min(size, 1000) + 10 + partial, 4, cost, partial)
+        assert time == pytest.approx(attention + 100 + partial * split_items / 4)
     assert p.split and p.estimate.chosen == min(t for _, t in p.estimate.candidates)
+
+
+def test_partial_waves_and_full_waves():
+    cost = CostModel(item_overhead=0.0, solo_speedup=3.0, wave_fill=0.4)
+    kernel = KernelShape(num_sms=100, ctas_per_sm=1, cta_tile_q=16, cta_tile_kv=16)
+    full = scheduler.plan(
+        None,
+        [1000] * 200,
+        num_qo_heads=1,
+        num_kv_heads=1,
+        page_size=1,
+        kernel=kernel,
+        cost=cost,
+        split_kv=False,
+    )
+    assert full.estimate.unsplit == pytest.approx(2000)  # two full waves at the full-occupancy speed
+    few = scheduler.plan(
+        None,
+        [1000] * 10,
+        num_qo_heads=1,
+        num_kv_heads=1,
+        page_size=1,
+        kernel=kernel,
+        cost=cost,
+        split_kv=False,
+    )
+    assert 1000 / 3 <= few.estimate.unsplit < 1000  # a sparse wave runs faster per CTA, up to 3x
 
 
 def test_items_are_in_dispatch_order():
