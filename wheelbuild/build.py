@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
-import re
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +21,12 @@ from .codegen import render, template_path, write_if_different
 from .errors import CompileError, ConfigError
 from .manifest import MANIFEST, render_manifest, variant_entry
 from .ninja_file import CompileEdge, LinkEdge, render_ninja
+from .ninja_run import EdgeResult, run_ninja
 from .options import BuildOptions
 from .sources import local_includes, read_header
 from .targets import TARGETS, Target
 from .toolchain import Toolchain
-from .unit import MARKER, OUT_PLACEHOLDER
+from .unit import OUT_PLACEHOLDER
 
 COMMON_FLAGS = ("-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC")
 # Intermediate files named after the object instead of nvcc's pid-numbered temp names, which would
@@ -265,79 +263,26 @@ def _write_manifest(plan: BuildPlan, arch: str, units: list[Unit]) -> Path:
     return pack
 
 
-_STATUS = re.compile(r"^\[\d+/\d+\] (CUDA|LINK) (\S+)$")
-_FAILED = re.compile(r"^FAILED: ")
-
-
 def _run_ninja(
     plan: BuildPlan, ninja_file: Path, targets: list[str], result: BuildResult, reporter: Reporter
 ) -> None:
+    def on_edge(edge: EdgeResult) -> None:
+        if edge.ok:
+            result.compiled[edge.label] = edge.seconds
+        else:
+            result.failed[edge.label] = edge.output
+        reporter.unit_finished(edge.label, edge.ok, edge.seconds, edge.output)
+
     opts = plan.options
-    keep_going = "0" if opts.keep_going else "1"
-    cmd = [
-        str(plan.toolchain.ninja),
-        "-f",
-        str(ninja_file.resolve()),
-        "-j",
-        str(opts.jobs),
-        "-k",
-        keep_going,
-        *targets,
-    ]
-    env = {**os.environ, "NINJA_STATUS": "[%f/%t] "}
-    proc = subprocess.Popen(
-        cmd,
+    rc = run_ninja(
+        plan.toolchain.ninja,
+        ninja_file,
         cwd=opts.build_dir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        env=env,
+        targets=targets,
+        jobs=opts.jobs,
+        keep_going=opts.keep_going,
+        on_edge=on_edge,
+        on_message=reporter.message,
     )
-    block: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            if _STATUS.match(line) or line.startswith("ninja: "):
-                _finish_block(block, result, reporter)
-                block = [line] if _STATUS.match(line) else []
-                if line.startswith("ninja: ") and "no work to do" not in line and "stopped" not in line:
-                    reporter.message(line)
-            else:
-                block.append(line)
-        _finish_block(block, result, reporter)
-    finally:
-        rc = proc.wait()
     if rc != 0 and not result.failed:
-        raise CompileError({"ninja": f"ninja exited with {rc} ({' '.join(cmd)})"})
-
-
-def _finish_block(block: list[str], result: BuildResult, reporter: Reporter) -> None:
-    """One finished edge's status line and output; the marker line (unit.py) carries its result."""
-    if not block:
-        return
-    output: list[str] = []
-    marker = None
-    skip_next = False
-    for line in block[1:]:
-        if skip_next:  # the command line that ninja echoes after FAILED:
-            skip_next = False
-            continue
-        if _FAILED.match(line):
-            skip_next = True
-            continue
-        if line.startswith(MARKER + "\t"):
-            marker = line.split("\t")
-            continue
-        output.append(line)
-    if marker is None:
-        return
-    _, label, status, seconds = marker
-    ok = status == "ok"
-    message = "\n".join(output).strip()
-    if ok:
-        result.compiled[label] = float(seconds)
-    else:
-        result.failed[label] = message
-    reporter.unit_finished(label, ok, float(seconds), message)
+        raise CompileError({"ninja": f"ninja exited with {rc}; see its messages above"})
