@@ -11,8 +11,8 @@ How it runs: a level whose requests have one query each runs the decode kernel; 
 stack several queries runs the prefill kernel on them, so a shared prefix's KV is read once per
 group, not once per query. Shared levels use mask 'none' (the prefix precedes every query); the last
 level is causal when it holds several queries per request (appending). Every level writes float32
-partial states into one buffer, and ONE merge launch combines, for each token, its states across
-levels and KV chunks (kernels/scheduler.py plans each level, splitting long KV as usual). Position-
+partial states into one buffer (the levels run side by side on forked streams: their rows are
+disjoint), and ONE merge launch combines, for each token, its states across levels and KV chunks (kernels/scheduler.py plans each level, splitting long KV as usual). Position-
 dependent variants (RoPE, ALiBi, sliding windows) are not offered: a level's key positions would
 start at 0 instead of at the level's offset in the concatenated KV.
 """
@@ -28,7 +28,7 @@ import torch
 
 from . import ops, scheduler
 from .checks import InvalidArgument
-from .scheduler import DEFAULT_COST, CostModel, KernelShape, Plan
+from .scheduler import DEFAULT_COST, PREFILL_COST, CostModel, KernelShape, Plan
 from .wrapper_engine import (
     KV_BYTES,
     Staging,
@@ -74,9 +74,10 @@ def plan_cascade(
     kernels: Sequence[KernelShape],
     kv_bytes: int = 2,
     split_kv: bool = True,
-    cost: CostModel = DEFAULT_COST,
+    cost: CostModel | None = None,
 ) -> CascadePlan:
-    """levels: (qo_lens, kv_lens) per level; kernels: the KernelShape of each level's kernel."""
+    """levels: (qo_lens, kv_lens) per level; kernels: the KernelShape of each level's kernel; cost:
+    one cost model for every level (default: the decode or prefill model of the level's kernel)."""
     if not levels:
         raise ValueError("a cascade needs at least one level")
     qo_all = [np.asarray(qo, dtype=np.int64).reshape(-1) for qo, _ in levels]
@@ -103,7 +104,7 @@ def plan_cascade(
             split_kv=split_kv,
             kv_bytes=kv_bytes,
             all_partial=True,
-            cost=cost,
+            cost=cost or (DEFAULT_COST if family == "decode" else PREFILL_COST),
         )
         work = p.work.copy()
         work[:, 5] = np.where(work[:, 5] >= 0, work[:, 5] + base, -1)
@@ -182,6 +183,8 @@ class CascadeWrapper:
         self.num_levels, self.workspace, self.kv_layout = num_levels, workspace, kv_layout
         self.staging = Staging()
         self.plan_: CascadePlan | None = None
+        self.side_streams: list[torch.cuda.Stream] = []
+        self.events: list[torch.cuda.Event] = []
 
     def plan(
         self,
@@ -346,10 +349,26 @@ class CascadeWrapper:
         if launches is None:
             launches = self.prepared[key] = self._prepare(q, k, v, out, lse)
         *levels, merge = launches
+        if len(levels) > len(self.side_streams) + 1:
+            self.side_streams += [torch.cuda.Stream(q.device) for _ in range(len(levels) - 1)]
+            self.events += [torch.cuda.Event() for _ in range(len(levels))]
+        streams, events = self.side_streams, self.events
 
         def launch():
-            for attention in levels:
-                attention.launch(q, k, v, out, None)
+            # The levels write disjoint partial rows, so they run side by side: the first on the
+            # current stream, the others on side streams forked from it and joined before the merge.
+            main = torch.cuda.current_stream(q.device)
+            if len(levels) > 1:
+                events[0].record(main)
+            for i, attention in enumerate(levels[1:]):
+                with torch.cuda.stream(streams[i]):
+                    streams[i].wait_event(events[0])
+                    attention.launch(q, k, v, out, None)
+                    events[i + 1].record(streams[i])
+            if levels:
+                levels[0].launch(q, k, v, out, None)
+            for i in range(1, len(levels)):
+                main.wait_event(events[i])
             merge.launch(out, lse)
 
         return launch

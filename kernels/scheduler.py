@@ -56,6 +56,9 @@ class CostModel:
 
 
 DEFAULT_COST = CostModel()
+# Prefill CTAs compute a whole query tile against each key, so their fixed cost (query tile load,
+# epilogue) is small next to their per-key work: an estimate, not fitted like the decode constants.
+PREFILL_COST = CostModel(item_overhead=48.0)
 
 
 @dataclass(frozen=True)

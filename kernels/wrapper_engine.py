@@ -343,6 +343,7 @@ class Engine:
             kv_bytes=KV_BYTES[variant.kv_dtype],
             capacity=lay.capacity,
             fixed_grid=self.graph,
+            cost=scheduler.DEFAULT_COST if decode else scheduler.PREFILL_COST,
         )
 
         rows = lay.capacity.batch + 1 if self.graph else batch + 1
