@@ -12,9 +12,10 @@ stack several queries runs the prefill kernel on them, so a shared prefix's KV i
 group, not once per query. Shared levels use mask 'none' (the prefix precedes every query); the last
 level is causal when it holds several queries per request (appending). Every level writes float32
 partial states into one buffer (the levels run side by side on forked streams: their rows are
-disjoint), and ONE merge launch combines, for each token, its states across levels and KV chunks (kernels/scheduler.py plans each level, splitting long KV as usual). Position-
-dependent variants (RoPE, ALiBi, sliding windows) are not offered: a level's key positions would
-start at 0 instead of at the level's offset in the concatenated KV.
+disjoint), and ONE merge launch combines, for each token, its states across levels and KV chunks
+(kernels/scheduler.py plans each level, splitting long KV as usual). Position-dependent variants
+(RoPE, ALiBi, sliding windows) are not offered: a level's key positions would start at 0 instead of
+at the level's offset in the concatenated KV.
 """
 
 from __future__ import annotations
