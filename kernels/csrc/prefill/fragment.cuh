@@ -1,0 +1,34 @@
+// Prefill layer (register utilities): views of m16n8k16 accumulator fragments.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+namespace fib::prefill {
+
+// Accumulator ((2, 2), MMA_M, MMA_N) -> (rows, cols) = ((2, MMA_M), (2, MMA_N)): a thread's values
+// c0 c1 share a row (adjacent columns), c2 c3 sit 8 rows lower.
+template <class Layout>
+__device__ __forceinline__ auto rowcol_layout(Layout acc) {
+  static_assert(decltype(cute::rank(acc))::value == 3, "expects an MMA accumulator layout (MMA, MMA_M, MMA_N)");
+  static_assert(decltype(cute::size<0>(acc))::value == 4, "expects the m16n8 accumulator (4 values a thread)");
+  auto l = cute::logical_divide(acc, cute::Shape<cute::_2>{});  // ((2, 2), MMA_M, MMA_N)
+  return cute::make_layout(cute::make_layout(cute::get<0, 1>(l), cute::get<1>(l)),
+                           cute::make_layout(cute::get<0, 0>(l), cute::get<2>(l)));
+}
+
+template <class Tensor>
+__device__ __forceinline__ auto rowcol_view(Tensor&& t) {
+  return cute::make_tensor(t.data(), rowcol_layout(t.layout()));
+}
+
+// Accumulator of S = Q K^T ((2, 2), MMA_M, MMA_N) -> A operand of P V ((2, 2, 2), MMA_M, MMA_N / 2):
+// two n8 accumulator tiles make one k16 operand tile.
+template <class Layout>
+__device__ __forceinline__ auto acc_as_a_operand_layout(Layout acc) {
+  static_assert(decltype(cute::size<2>(acc))::value % 2 == 0, "MMA_N must be even to form k16 operand tiles");
+  auto l = cute::logical_divide(acc, cute::Shape<cute::Underscore, cute::Underscore, cute::_2>{});
+  return cute::make_layout(cute::make_layout(cute::get<0>(l), cute::get<2, 0>(l)), cute::get<1>(l),
+                           cute::get<2, 1>(l));
+}
+
+}  // namespace fib::prefill
