@@ -38,6 +38,11 @@ RULES: tuple[tuple[str, object], ...] = (
         lambda v: v.family == "decode" and v.mask in ("causal", "custom"),
     ),
     (
+        "prefill reads K/V tiles in the query's 16-bit dtype for mma.sync; fp8 KV is a decode feature "
+        "(prefill over an fp8 cache: convert the request's pages first)",
+        lambda v: v.family == "prefill" and v.kv_dtype in FP8_DTYPES,
+    ),
+    (
         "merge-states kernels combine finished partial outputs: they take no KV dtype, head dim, mask, "
         "positional encoding or soft-cap",
         lambda v: v.family == "merge"
