@@ -191,6 +191,11 @@ def _pad(values: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([values, np.full(length - values.shape[0], fill, np.int32)])
 
 
+def check_workspace(workspace) -> None:
+    if not isinstance(workspace, torch.Tensor) or workspace.dtype != torch.uint8 or not workspace.is_cuda:
+        raise InvalidArgument("workspace must be a uint8 CUDA tensor (see workspace_size)")
+
+
 class Staging:
     """The pinned host buffer plans are written into, and the event of its last upload: the buffer is
     reused, so a new plan first waits for the previous upload (long finished in practice)."""
@@ -234,8 +239,7 @@ class Engine:
         max_num_tokens,
         max_num_pages,
     ):
-        if not isinstance(workspace, torch.Tensor) or workspace.dtype != torch.uint8 or not workspace.is_cuda:
-            raise InvalidArgument("workspace must be a uint8 CUDA tensor (see workspace_size)")
+        check_workspace(workspace)
         if not workspace.is_contiguous() or workspace.dim() != 1:
             raise InvalidArgument("workspace must be a contiguous 1-D tensor")
         if workspace.data_ptr() % scheduler.ALIGN_BYTES:
@@ -281,7 +285,9 @@ class Engine:
         decode = self.family == "decode"
         kv_ptr = host_index("kv_indptr", kv_indptr)
         batch = kv_ptr.shape[0] - 1
-        indices_on_device = isinstance(kv_indices, torch.Tensor) and kv_indices.is_cuda
+        indices_on_device = (
+            isinstance(kv_indices, torch.Tensor) and kv_indices.device.type == self.workspace.device.type
+        )
         last = host_indices = None
         if self.paged:
             if kv_indices is None or kv_last_page_len is None:

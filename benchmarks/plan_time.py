@@ -1,0 +1,186 @@
+"""Host time of the wrappers' `plan` at batch 256 (issue 4: under 50 us), on the CPU: no GPU needed.
+
+    python benchmarks/plan_time.py [--calls N] [--json FILE] [--profile WORKLOAD]
+
+Times the whole user-facing path, BatchDecodeWrapper.plan and BatchPrefillWrapper.plan (argument
+checks, variant lookup, scheduler.plan, packing the staging buffer, the upload call), with the three
+device-touching seams of kernels/wrapper_engine.py replaced by host stand-ins: the workspace is a CPU
+tensor (check_workspace), the kernel shape is an H100's decode/prefill kernel (kernel_shape), and the
+staging buffer is plain host memory whose upload is not timed (Staging: on a GPU it is one
+asynchronous copy, a few microseconds of launch that this CPU cannot measure). kv_indices are given
+"on the device" (a tensor on the workspace's device, used in place, as serving stacks keep them) and
+on the host (numpy, copied into the workspace). Medians over --calls calls after a warm-up;
+scheduler.plan alone is timed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import json
+import platform
+import pstats
+import statistics
+import time
+from unittest import mock
+
+import numpy as np
+import torch
+from flashinfer_build.kernels import scheduler, wrapper_engine, wrappers
+
+HQ, HKV, D, PAGE, BATCH = 32, 8, 128, 16, 256
+H100_DECODE = scheduler.KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=4, cta_tile_kv=64)
+H100_PREFILL = scheduler.KernelShape(num_sms=132, ctas_per_sm=1, cta_tile_q=128, cta_tile_kv=64)
+
+
+class HostStaging(wrapper_engine.Staging):
+    """Staging without a GPU: a plain host buffer; the upload (a DMA on a GPU) does nothing."""
+
+    def reserve(self, nbytes: int) -> np.ndarray:
+        if self.host.numel() * 4 < nbytes:
+            self.host = torch.empty(max(nbytes // 4, 2 * self.host.numel()), dtype=torch.int32)
+            self.array = self.host.numpy()
+            self.bytes = self.host.view(torch.uint8)
+        return self.array
+
+    def upload(self, workspace: torch.Tensor, nbytes: int) -> None:
+        self.uploaded_bytes = nbytes  # the real upload is an asynchronous DMA: no host copy to time
+
+
+@contextlib.contextmanager
+def host_seams():
+    """The wrappers with their device-touching pieces replaced by host stand-ins (module docstring)."""
+
+    def shape(variant, device_index):
+        return H100_DECODE if variant.family == "decode" else H100_PREFILL
+
+    with (
+        mock.patch.object(wrapper_engine, "check_workspace", lambda workspace: None),
+        mock.patch.object(wrapper_engine, "kernel_shape", shape),
+        mock.patch.object(wrapper_engine, "Staging", HostStaging),
+    ):
+        yield
+
+
+def workspace(nbytes: int) -> torch.Tensor:
+    """A host workspace at the alignment the engine asks of it (the CPU allocator gives 64 bytes)."""
+    raw = torch.empty(nbytes + scheduler.ALIGN_BYTES, dtype=torch.uint8)
+    skip = -raw.data_ptr() % scheduler.ALIGN_BYTES
+    return raw[skip : skip + nbytes]
+
+
+def paged(kv_lens, rng):
+    pages = [-(-n // PAGE) for n in kv_lens]
+    indptr = np.concatenate([[0], np.cumsum(pages)]).astype(np.int32)
+    last = np.array(
+        [n - (p - 1) * PAGE if p else PAGE for n, p in zip(kv_lens, pages, strict=True)], np.int32
+    )
+    indices = rng.permutation(int(indptr[-1])).astype(np.int32)
+    return indptr, indices, last
+
+
+def workloads(rng):
+    return {
+        "uniform 8k": [8192] * BATCH,
+        "skewed 1x32k+255x512": [32768] + [512] * (BATCH - 1),
+        "random 1..32k": rng.integers(1, 32768, BATCH).tolist(),
+    }
+
+
+def median_us(fn, calls):
+    for _ in range(min(calls, 50)):
+        fn()
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e6
+
+
+def decode_calls(kv_lens, rng):
+    """(label, callable) pairs: the wrapper's plan with device and host kv_indices, scheduler.plan."""
+    indptr, indices, last = paged(kv_lens, rng)
+    size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=BATCH, max_num_pages=indices.shape[0])
+    w = wrappers.BatchDecodeWrapper(workspace(size))
+    t_indptr, t_indices, t_last = (torch.from_numpy(a) for a in (indptr, indices, last))
+    kv = scheduler.kv_lengths(indptr, last, PAGE)
+    return w, [
+        ("decode, kv_indices on device", lambda: w.plan(t_indptr, t_indices, t_last, HQ, HKV, D, PAGE)),
+        ("decode, kv_indices on host", lambda: w.plan(t_indptr, indices, t_last, HQ, HKV, D, PAGE)),
+        (
+            "scheduler.plan alone",
+            lambda: scheduler.plan(
+                None, kv, num_qo_heads=HQ, num_kv_heads=HKV, page_size=PAGE, kernel=H100_DECODE
+            ),
+        ),
+    ]
+
+
+def prefill_call(kv_lens, rng, q_len=16):
+    """The prefill wrapper's plan (paged, causal) with q_len queries per request, indices on device."""
+    indptr, indices, last = paged(kv_lens, rng)
+    qo_indptr = torch.arange(0, q_len * (BATCH + 1), q_len, dtype=torch.int32)
+    size = wrappers.workspace_size(
+        HQ, HKV, D, max_batch_size=BATCH, max_num_tokens=q_len * BATCH, decode=False
+    )
+    w = wrappers.BatchPrefillWrapper(workspace(size))
+    args = (qo_indptr, torch.from_numpy(indptr), HQ, HKV, D)
+    kw = dict(kv_indices=torch.from_numpy(indices), kv_last_page_len=torch.from_numpy(last), page_size=PAGE)
+    return w, lambda: w.plan(*args, **kw)
+
+
+def run(calls):
+    rng = np.random.default_rng(0)
+    rows = []
+    with host_seams():
+        for name, kv_lens in workloads(rng).items():
+            w, fns = decode_calls(kv_lens, rng)
+            for label, fn in fns:
+                rows.append({"workload": name, "call": label, "us": round(median_us(fn, calls), 1)})
+            rows[-3]["split"] = rows[-2]["split"] = w.plan_info.split
+            pw, fn = prefill_call(kv_lens, rng)
+            rows.append(
+                {"workload": name, "call": "prefill q_len 16, causal", "us": round(median_us(fn, calls), 1)}
+            )
+            rows[-1]["split"] = pw.plan_info.split
+    return rows
+
+
+def profile(name, calls):
+    rng = np.random.default_rng(0)
+    with host_seams():
+        _, fns = decode_calls(workloads(rng)[name], rng)
+        fn = fns[0][1]
+        fn()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(calls):
+            fn()
+        prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--profile", metavar="WORKLOAD", help="cProfile the decode plan of one workload")
+    args = parser.parse_args()
+    if args.profile:
+        profile(args.profile, args.calls)
+        return
+    rows = run(args.calls)
+    meta = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine()}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**meta, "rows": rows}, f, indent=2)
+    print(f"plan host time at batch {BATCH}, {meta['date']}, {meta['cpu']}, median of {args.calls} calls")
+    print(f"{'workload':22} {'call':32} {'us':>7}  split")
+    for r in rows:
+        print(f"{r['workload']:22} {r['call']:32} {r['us']:7.1f}  {r.get('split', '')}")
+
+
+if __name__ == "__main__":
+    main()
