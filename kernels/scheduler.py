@@ -30,6 +30,7 @@ the wave quantization and the per-CTA overhead, not the continuous average, deci
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -178,7 +179,7 @@ def plan(
     force_chunk > 0 takes that chunk size instead of the cost model's choice (benchmarks calibrate the
     model with it)."""
     kv = np.asarray(kv_lens, dtype=np.int64).reshape(-1)
-    qo = np.ones_like(kv) if qo_lens is None else np.asarray(qo_lens, dtype=np.int64).reshape(-1)
+    qo = _constant(kv.shape[0], 1) if qo_lens is None else np.asarray(qo_lens, dtype=np.int64).reshape(-1)
     _check_problem(qo, kv, num_qo_heads, num_kv_heads, page_size, mask, window_left)
     num_tokens = kv.shape[0] if qo_lens is None else int(qo.sum())
     if capacity is not None:
@@ -190,7 +191,7 @@ def plan(
     lo, hi = _visible(tiles, tiles.first_token, tiles.last_token, qo, kv, mask, window_left)
     model = _Model(cost, num_kv_heads, kernel.slots, cost.partial_bytes_per_key_byte * group / (2 * kv_bytes))
 
-    span = hi - lo
+    span = hi if lo is _constant(lo.shape[0], 0) else hi - lo
     keys, longest = (int(span.sum()), int(span.max())) if span.shape[0] else (0, 0)
     unsplit = model.unsplit_time(keys, longest, span.shape[0])
     chunk, chosen, candidates = 0, unsplit, ()
@@ -217,11 +218,12 @@ def plan(
         # Single-token plans come out in dispatch order already (see _split_single_tokens).
         sort = not tiles.one_token_per_request
     else:
-        items = np.stack([tiles.req, tiles.qo_begin, tiles.qo_end, lo, hi, np.full_like(lo, -1)], axis=1)
-        merge_indptr, merge_indices, num_rows = np.zeros(num_tokens + 1, np.int64), np.zeros(0, np.int64), 0
+        items = None  # one item per tile, written straight into the work list (_unsplit_work)
+        merge_indptr, merge_indices, num_rows = _constant(num_tokens + 1, 0, np.int32), _EMPTY, 0
         # Longest first matters only where the longest item, not the spread work, sets the time.
         sort = longest + cost.item_overhead > model.spread(keys, span.shape[0], 0)
-    grid = items.shape[0]
+    num_items = span.shape[0] if items is None else items.shape[0]
+    grid = num_items
     if capacity is not None and grid > capacity.work_items:
         raise ValueError(
             f"the batch needs {grid} work items but the workspace holds {capacity.work_items}: "
@@ -230,11 +232,15 @@ def plan(
     if fixed_grid:
         grid = capacity.work_items
         merge_indptr = np.concatenate([merge_indptr, np.full(capacity.tokens - num_tokens, merge_indptr[-1])])
+    if items is None:
+        work = _unsplit_work(tiles, lo, hi, grid, sort)
+    else:
+        work = _in_dispatch_order(items, grid, sort)
     return Plan(
-        work=_in_dispatch_order(items, grid, sort),
-        num_items=items.shape[0],
-        merge_indptr=merge_indptr.astype(np.int32),
-        merge_indices=merge_indices.astype(np.int32),
+        work=work,
+        num_items=num_items,
+        merge_indptr=merge_indptr.astype(np.int32, copy=False),
+        merge_indices=merge_indices.astype(np.int32, copy=False),
         num_partial_rows=num_rows,
         chunk_size=chunk,
         num_tokens=num_tokens,
@@ -261,9 +267,7 @@ class _Tiles:
 def _tiles(qo: np.ndarray, group: int, tq: int, decode: bool) -> _Tiles:
     batch = qo.shape[0]
     if decode and group <= tq:
-        req = np.arange(batch, dtype=np.int64)
-        zeros = np.zeros(batch, np.int64)
-        return _Tiles(req, zeros, np.full(batch, group, np.int64), zeros, zeros, True, True, req, req, req)
+        return _decode_tiles(batch, group)
     rows = qo * group
     counts = -(-rows // tq)
     if batch and counts.min() == 1 and counts.max() == 1:
@@ -280,6 +284,60 @@ def _tiles(qo: np.ndarray, group: int, tq: int, decode: bool) -> _Tiles:
     return _Tiles(req, qo_begin, qo_end, first, last, False, False, nonempty, starts[nonempty], owner)
 
 
+@functools.lru_cache(maxsize=64)
+def _decode_tiles(batch: int, group: int) -> _Tiles:
+    """One tile per request of one token: the same for every decode batch of this size (cached)."""
+    req = _readonly(np.arange(batch, dtype=np.int64))
+    zeros = _constant(batch, 0)
+    return _Tiles(req, zeros, _constant(batch, group), zeros, zeros, True, True, req, req, req)
+
+
+@functools.lru_cache(maxsize=64)
+def _decode_work_template(batch: int, group: int, grid: int) -> np.ndarray:
+    """The work list of an unsplit decode batch with every KV range empty: request i, rows [0, group),
+    partial row -1, then padding items. Plans copy it and fill in the KV ranges."""
+    work = _in_dispatch_order(np.zeros((batch, WORK_ITEM_FIELDS), np.int64), grid, False)
+    work[:batch, 0], work[:batch, 2], work[:batch, 5] = np.arange(batch), group, -1
+    return _readonly(work)
+
+
+def _unsplit_work(tiles: _Tiles, lo: np.ndarray, hi: np.ndarray, grid: int, sort: bool) -> np.ndarray:
+    """The int32 [grid, 6] work list of one item per tile (by decreasing KV range when `sort`), then
+    padding items; decode batches start from a cached template and write only the changing columns."""
+    n = lo.shape[0]
+    order = np.argsort(lo - hi, kind="stable") if sort and n > 1 else None
+    windowed = lo is not _constant(n, 0)
+    if tiles.one_token_per_request:
+        work = _decode_work_template(n, int(tiles.qo_end[0]) if n else 0, grid).copy()
+        if order is not None:
+            work[:n, 0] = order
+        work[:n, 4] = hi if order is None else hi[order]
+        if windowed:
+            work[:n, 3] = lo if order is None else lo[order]
+        return work
+    work = np.empty((grid, WORK_ITEM_FIELDS), np.int32)
+    for column, values in enumerate((tiles.req, tiles.qo_begin, tiles.qo_end, lo, hi)):
+        work[:n, column] = values if order is None else values[order]
+    work[:n, 5] = -1
+    work[n:] = PADDING_ITEM
+    return work
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(n: int, value: int, dtype=np.int64) -> np.ndarray:
+    """A cached read-only array of n equal values (lengths, offsets and empty merge indexes that every
+    decode batch of a size shares)."""
+    return _readonly(np.full(n, value, dtype))
+
+
+_EMPTY = _readonly(np.zeros(0, np.int32))
+
+
 def _visible(tiles_or_req, first_token, last_token, qo, kv, mask, window_left):
     """Keys [lo, hi) that query tokens [first_token, last_token] of their requests may see (api.h's
     kv_range): the loop bounds of a tile, or, with first == last, those of one token."""
@@ -289,7 +347,7 @@ def _visible(tiles_or_req, first_token, last_token, qo, kv, mask, window_left):
     else:
         kv_r, qo_r = kv[tiles_or_req], qo[tiles_or_req]
     if mask in ("none", "custom"):
-        return np.zeros_like(kv_r), kv_r
+        return _constant(kv_r.shape[0], 0), kv_r
     offset = kv_r - qo_r  # query token t sits at key position offset + t
     hi = np.clip(offset + last_token + 1, 0, kv_r)
     lo = np.zeros_like(kv_r) if mask == "causal" else np.clip(offset + first_token - window_left, 0, kv_r)
@@ -486,7 +544,7 @@ def _in_dispatch_order(items: np.ndarray, grid: int, sort: bool) -> np.ndarray:
 def _check_problem(qo, kv, num_qo_heads, num_kv_heads, page_size, mask, window_left):
     if qo.shape != kv.shape:
         raise ValueError(f"qo_lens has {qo.shape[0]} requests but kv_lens has {kv.shape[0]}")
-    if qo.shape[0] and (qo.min() < 0 or kv.min() < 0):
+    if kv.shape[0] and (kv.min() < 0 or (qo is not _constant(qo.shape[0], 1) and qo.min() < 0)):
         raise ValueError("query and KV lengths must be >= 0 (indptr arrays must be non-decreasing)")
     if num_kv_heads < 1 or num_qo_heads < 1 or num_qo_heads % num_kv_heads:
         raise ValueError(

@@ -173,6 +173,30 @@ def check_indptr(
         raise InvalidArgument(f"{name}[-1] = {indptr[-1]} exceeds the {total} entries it indexes")
 
 
+def paged_lengths(kv_ptr: np.ndarray, last: np.ndarray, page_size: int, num_indices: int) -> np.ndarray:
+    """Tokens per request (int64) of a paged cache, checking kv_indptr (as check_indptr does) and
+    kv_last_page_len (in [1, page_size] where a request has pages) in one pass of few numpy calls."""
+    if kv_ptr.shape[0] < 1 or kv_ptr[0] != 0:
+        raise InvalidArgument("kv_indptr must start at 0 and hold batch_size + 1 entries")
+    pages = kv_ptr[1:] - kv_ptr[:-1]
+    if not pages.shape[0]:
+        return np.zeros(0, np.int64)
+    if pages.min() < 0:
+        raise InvalidArgument("kv_indptr must be non-decreasing")
+    if kv_ptr[-1] > num_indices:
+        raise InvalidArgument(f"kv_indptr[-1] = {kv_ptr[-1]} exceeds the {num_indices} entries it indexes")
+    lengths = pages.astype(np.int64)
+    lengths *= page_size
+    lengths += last
+    lengths -= page_size  # (pages - 1) * page_size + last
+    if (last - 1).view(np.uint32).max() < page_size:  # every last page valid: empty requests give <= 0
+        return np.maximum(lengths, 0, out=lengths)
+    has_pages = pages > 0
+    if ((last - 1).view(np.uint32) >= page_size)[has_pages].any():
+        raise InvalidArgument(f"kv_last_page_len must lie in [1, page_size = {page_size}]")
+    return np.where(has_pages, lengths, 0)
+
+
 def split_cache(cache):
     if isinstance(cache, (tuple, list)) and len(cache) == 2:
         return cache[0], cache[1]
@@ -266,6 +290,7 @@ class Engine:
         self.prepared: dict = {}
         self.views: dict | None = None
         self.device_index = workspace.device.index if workspace.device.index is not None else 0
+        self.device_type, self.workspace_bytes = workspace.device.type, workspace.numel()
 
     def plan(
         self,
@@ -286,7 +311,7 @@ class Engine:
         kv_ptr = host_index("kv_indptr", kv_indptr)
         batch = kv_ptr.shape[0] - 1
         indices_on_device = (
-            isinstance(kv_indices, torch.Tensor) and kv_indices.device.type == self.workspace.device.type
+            isinstance(kv_indices, torch.Tensor) and kv_indices.device.type == self.device_type
         )
         last = host_indices = None
         if self.paged:
@@ -295,12 +320,7 @@ class Engine:
             host_indices = None if indices_on_device else host_index("kv_indices", kv_indices)
             num_indices = kv_indices.shape[0] if indices_on_device else host_indices.shape[0]
             last = host_index("kv_last_page_len", kv_last_page_len, length=batch)
-            pages = kv_ptr[1:] - kv_ptr[:-1]
-            check_indptr("kv_indptr", kv_ptr, num_indices, pages)
-            has_pages = pages > 0
-            if batch and (((last - 1).astype(np.uint32) >= page_size) & has_pages).any():
-                raise InvalidArgument(f"kv_last_page_len must lie in [1, page_size = {page_size}]")
-            kv_lens = np.where(has_pages, (pages.astype(np.int64) - 1) * page_size + last, 0)
+            kv_lens = paged_lengths(kv_ptr, last, page_size, num_indices)
         else:
             check_indptr("kv_indptr", kv_ptr)
             kv_lens, num_indices = np.diff(kv_ptr), 0
@@ -330,10 +350,10 @@ class Engine:
                 num_qo_heads,
                 variant.head_dim,
             )
-            if self.workspace.numel() < lay.total_bytes:
+            if self.workspace_bytes < lay.total_bytes:
                 pages = f" with max_num_pages >= {host_pages} (kv_indices given on the host are copied in)"
                 raise InvalidArgument(
-                    f"workspace holds {self.workspace.numel()} bytes but this batch needs {lay.total_bytes}: "
+                    f"workspace holds {self.workspace_bytes} bytes but this batch needs {lay.total_bytes}: "
                     f"allocate workspace_size(...{pages if host_pages else ''}) bytes for your largest batch"
                 )
         p = scheduler.plan(

@@ -1,0 +1,103 @@
+"""The host side of the wrappers' plan on the CPU: the one-pass paged-length check, the cached decode
+arrays, and the whole BatchDecodeWrapper.plan through the device seams (benchmarks/plan_time.py)."""
+
+import numpy as np
+import pytest
+import torch
+from flashinfer_build.kernels import scheduler, wrapper_engine, wrappers
+from flashinfer_build.kernels.checks import InvalidArgument
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+SHAPE = scheduler.KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=4, cta_tile_kv=64)
+
+
+def slow_lengths(indptr, last, page_size):
+    pages = np.diff(indptr.astype(np.int64))
+    return np.where(pages > 0, (pages - 1) * page_size + last, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pages=st.lists(st.integers(0, 40), min_size=0, max_size=64),
+    page_size=st.integers(1, 32),
+    seed=st.integers(0, 2**32 - 1),
+    empty_last=st.sampled_from([0, 1, None]),
+)
+def test_paged_lengths_match_the_definition(pages, page_size, seed, empty_last):
+    rng = np.random.default_rng(seed)
+    indptr = np.concatenate([[0], np.cumsum(pages)]).astype(np.int32)
+    last = rng.integers(1, page_size + 1, len(pages)).astype(np.int32)
+    if empty_last is not None:  # callers put anything (0, page_size + 1, ...) for requests without pages
+        last[np.array(pages, dtype=np.int64) == 0] = 0 if empty_last == 0 else page_size + 1
+    got = wrapper_engine.paged_lengths(indptr, last, page_size, int(indptr[-1]))
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, slow_lengths(indptr, last, page_size))
+
+
+@pytest.mark.parametrize(
+    "indptr, last, total, message",
+    [
+        ([1, 2], [1], 4, "start at 0"),
+        ([0, 3, 1], [1, 1], 4, "non-decreasing"),
+        ([0, 2, 5], [1, 1], 4, "exceeds the 4 entries"),
+        ([0, 2, 3], [1, 0], 4, "kv_last_page_len must lie in"),
+        ([0, 2, 3], [17, 1], 4, "kv_last_page_len must lie in"),
+    ],
+)
+def test_paged_lengths_reject_bad_arrays(indptr, last, total, message):
+    with pytest.raises(InvalidArgument, match=message):
+        wrapper_engine.paged_lengths(np.array(indptr, np.int32), np.array(last, np.int32), 16, total)
+
+
+def test_cached_decode_arrays_are_read_only():
+    p = scheduler.plan(None, [100] * 8, num_qo_heads=8, num_kv_heads=2, page_size=16, kernel=SHAPE)
+    assert not p.split
+    with pytest.raises(ValueError):
+        p.merge_indptr[0] = 1
+    p.work[0, 4] = 1  # the work list is the plan's own
+    again = scheduler.plan(None, [100] * 8, num_qo_heads=8, num_kv_heads=2, page_size=16, kernel=SHAPE)
+    assert again.work[0, 4] == 100
+
+
+def test_wrapper_plan_on_host_seams_packs_the_scheduler_plan(monkeypatch):
+    class HostStaging(wrapper_engine.Staging):
+        def reserve(self, nbytes):
+            if self.host.numel() * 4 < nbytes:
+                self.host = torch.empty(nbytes // 4, dtype=torch.int32)
+                self.array, self.bytes = self.host.numpy(), self.host.view(torch.uint8)
+            return self.array
+
+        def upload(self, workspace, nbytes):
+            workspace[:nbytes].copy_(self.bytes[:nbytes])
+
+    monkeypatch.setattr(wrapper_engine, "check_workspace", lambda workspace: None)
+    monkeypatch.setattr(wrapper_engine, "kernel_shape", lambda variant, index: SHAPE)
+    monkeypatch.setattr(wrapper_engine, "Staging", HostStaging)
+    rng = np.random.default_rng()
+    kv_lens = [int(rng.integers(20000, 40000))] + rng.integers(0, 600, 31).tolist()
+    pages = [-(-n // 16) for n in kv_lens]
+    indptr = np.concatenate([[0], np.cumsum(pages)]).astype(np.int32)
+    last = np.array([n - (p - 1) * 16 if p else 0 for n, p in zip(kv_lens, pages, strict=True)], np.int32)
+    indices = rng.permutation(int(indptr[-1])).astype(np.int32)
+    size = wrappers.workspace_size(32, 8, 128, max_batch_size=32, max_num_pages=indices.shape[0])
+    raw = torch.zeros(size + scheduler.ALIGN_BYTES, dtype=torch.uint8)
+    skip = -raw.data_ptr() % scheduler.ALIGN_BYTES
+    ws = raw[skip : skip + size]
+    w = wrappers.BatchDecodeWrapper(ws)
+    for kv_indices in (torch.from_numpy(indices), indices):  # on the workspace's device, on the host
+        ws.zero_()
+        w.plan(torch.from_numpy(indptr), kv_indices, torch.from_numpy(last), 32, 8, 128, 16)
+        lay, p = w._engine.layout, w.plan_info
+        expect = scheduler.plan(
+            None, kv_lens, num_qo_heads=32, num_kv_heads=8, page_size=16, kernel=SHAPE, capacity=lay.capacity
+        )
+        assert p.split and p.chunk_size == expect.chunk_size
+        words = ws.view(torch.int32).numpy()
+        np.testing.assert_array_equal(words[lay.work // 4 :][: expect.work.size], expect.work.reshape(-1))
+        np.testing.assert_array_equal(words[lay.kv_indptr // 4 :][:33], indptr)
+        np.testing.assert_array_equal(words[lay.kv_last_page_len // 4 :][:32], last)
+        n = expect.merge_indptr.shape[0]
+        np.testing.assert_array_equal(words[lay.merge_indptr // 4 :][:n], expect.merge_indptr)
+        host_copy = words[lay.kv_indices // 4 :][: indices.shape[0]]
+        assert (host_copy == indices).all() == isinstance(kv_indices, np.ndarray)
