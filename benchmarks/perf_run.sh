@@ -33,12 +33,12 @@ run() {  # name, seconds, command...
   timeout "$seconds" "$@" >"$OUT/$name.log" 2>&1
   echo "$name exit $?"
 }
-run verify 240 flashinfer-build verify "${verify[@]}" --json "$OUT/verify.json"
+run verify 180 flashinfer-build verify "${verify[@]}" --json "$OUT/verify.json"
 if [ -f "$FLASHINFER_BUILD_PACK/sm80/manifest.json" ]; then  # the sm80 pack's PTX, JIT-compiled on this GPU
-  run sm80 120 flashinfer-build verify --preset ci --arch sm80 --cases 2
+  run sm80 75 flashinfer-build verify --preset ci --arch sm80 --cases 2
 fi
-run bench 240 flashinfer-build bench "${bench[@]}" --json "$OUT/bench.json" "${plot[@]}"
-run flex 150 flashinfer-build bench "${flex[@]}" --json "$OUT/flex.json"
+run bench 210 flashinfer-build bench "${bench[@]}" --json "$OUT/bench.json" "${plot[@]}"
+run flex 100 flashinfer-build bench "${flex[@]}" --json "$OUT/flex.json"
 for name in verify sm80 bench flex; do
   [ -f "$OUT/$name.log" ] || continue
   echo "== $name"
