@@ -151,8 +151,9 @@ def _probe(call) -> None:
         try:
             call()
         except RuntimeError as e:
-            reasons = [str(w.message).split(" (Triggered")[0] for w in caught]
-            reason = "; ".join(r for r in reasons if r.strip(": ")) or str(e).splitlines()[0]
+            reasons = [str(w.message).split(" (Triggered")[0].strip() for w in caught]
+            reasons = [r for r in reasons if not r.endswith(":") and "runtime disabled" not in r]
+            reason = "; ".join(dict.fromkeys(reasons)) or str(e).splitlines()[0]
             raise Unsupported(reason[:200]) from None
 
 

@@ -139,8 +139,10 @@ def plot(report: dict, path: str) -> None:
     ax.set_xscale("log")
     as_ratio = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}x")
     ax.xaxis.set_major_formatter(as_ratio)
-    ax.xaxis.set_minor_formatter(as_ratio)
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    low, high = ax.get_xlim()
+    if high / low < 20:  # minor labels only where they do not crowd
+        ax.xaxis.set_minor_formatter(as_ratio)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel("our speedup over each peer (peer time / our time, log scale; right of 1: ours is faster)")
     ax.set_title(peaks_line(report).replace(": ", "\n", 1), fontsize=9)

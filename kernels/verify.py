@@ -13,7 +13,7 @@ The report (`VerifyReport.to_dict`, written by `--json`) has this schema (versio
     factor    the accuracy rule's multiple of PyTorch's own low-precision error
     packs     [{"arch", "path"}] the kernel packs found
     variants  [{"id", "result": "pass" | "fail" | "error", "cases", "max_abs_err", "max_rel_err",
-                "tolerance", "seconds", "message",
+                "tolerance", "seconds", "message",   (errors of the output o, worst case by error/tolerance)
                 "case_results": [{"index", "shape": {...case fields...}, "description", "passed", "error",
                                   "output": comparison, "lse": comparison | null}]}]
               comparison = {"max_abs_err", "rel_err", "tolerance", "elements", "unwritten", "nan",
@@ -82,7 +82,8 @@ class VariantResult:
 
     @property
     def worst(self) -> Comparison | None:
-        comparisons = [c for r in self.cases for c in (r.output, r.lse) if c is not None]
+        """The output's errors over all cases (the lse's are in each case's result and in `message`)."""
+        comparisons = [r.output for r in self.cases if r.output is not None]
         return accuracy.merge(comparisons) if comparisons else None
 
     @property

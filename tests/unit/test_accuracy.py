@@ -89,8 +89,8 @@ def test_tolerance_follows_pytorchs_own_error():
 
 
 def test_merge_keeps_the_worst():
-    a = accuracy.Comparison(1e-3, 1e-3, 1e-2, 10, 0, 0, 0)
-    b = accuracy.Comparison(5e-3, 2e-4, 2e-3, 20, 1, 0, 0)
+    a = accuracy.Comparison(2e-2, 1e-3, 1e-1, 10, 0, 0, 0)  # larger error, far inside its tolerance
+    b = accuracy.Comparison(5e-3, 2e-4, 2e-3, 20, 1, 0, 0)  # smaller error past its tolerance
     m = accuracy.merge([a, b])
     assert (m.max_abs_err, m.rel_err, m.tolerance, m.elements, m.unwritten) == (5e-3, 1e-3, 2e-3, 30, 1)
     assert not m.passed
