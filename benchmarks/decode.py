@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 from flashinfer_build.kernels import ops
-from flashinfer_build.kernels.bench_timing import measure_peaks, rotation_sets, time_calls
+from flashinfer_build.kernels.bench.timing import measure_peaks, rotation_sets, time_calls
 from flashinfer_build.kernels.checks import torch_dtype
 from flashinfer_build.variants import Variant
 

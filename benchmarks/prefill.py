@@ -7,7 +7,7 @@ Shape (issue 3): one request of N query tokens over the same N keys (ragged KV, 
 32 query and 32 KV heads, causal and not. FLOP = 4 * N * N * heads * D, halved for causal. Our work
 list has one item per 128-row query tile, the heaviest (causal: last) tiles of each head first, so
 the last wave holds the cheapest tiles. SDPA runs on the same tensors as [1, heads, N, D] views.
-Times are CUDA-event medians after a warm-up (kernels/bench_timing.py), on inputs rotated so that
+Times are CUDA-event medians after a warm-up (kernels/bench/timing.py), on inputs rotated so that
 repeated calls do not find them in L2.
 """
 
@@ -20,7 +20,7 @@ import json
 import torch
 import torch.nn.functional as F
 from flashinfer_build.kernels import ops
-from flashinfer_build.kernels.bench_timing import rotation_sets, time_calls
+from flashinfer_build.kernels.bench.timing import rotation_sets, time_calls
 from flashinfer_build.variants import Variant
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

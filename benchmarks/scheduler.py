@@ -5,7 +5,7 @@ vs plain paged decode for parallel generation with a shared prefix.
 
 Shape: 32 query heads, 8 KV heads, head dim 128, page size 16, NHD, bf16, pages shuffled. Kernel times
 are medians of CUDA-graph replays of the wrapper's launches (attention, then merge when the plan split
-anything), cycling through input sets that together exceed L2 (kernels/bench_timing.py). "unsplit" is
+anything), cycling through input sets that together exceed L2 (kernels/bench/timing.py). "unsplit" is
 the same wrapper planned with split_kv=False: one work item per request. Plan host time: wall clock of
 BatchDecodeWrapper.plan with host (CPU) index arrays, including the staging copy and the upload call,
 and of scheduler.plan alone.
@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 from flashinfer_build.kernels import cascade, scheduler, wrapper_engine, wrappers
-from flashinfer_build.kernels.bench_timing import rotation_sets, time_calls
+from flashinfer_build.kernels.bench.timing import rotation_sets, time_calls
 
 HQ, HKV, D, PAGE = 32, 8, 128, 16
 BF16 = torch.bfloat16

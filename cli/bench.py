@@ -1,4 +1,4 @@
-"""`flashinfer-build bench`: our kernels against PyTorch's attention backends (library: kernels/bench.py)."""
+"""`flashinfer-build bench`: our kernels against PyTorch's attention backends (library: kernels/bench/)."""
 
 from __future__ import annotations
 
@@ -40,9 +40,12 @@ def bench(workloads, shapes, baselines, cuda_graph, seed, json_path, csv_path, p
     import torch
 
     from ..kernels import bench as lib
-    from ..kernels import bench_baselines, bench_report, bench_timing, loader
-    from ..kernels.bench_workloads import WORKLOAD_SETS, parse_shape
-    from ..kernels.bench_workloads import workloads as workload_set
+    from ..kernels import loader
+    from ..kernels.bench import baselines as bench_baselines
+    from ..kernels.bench import report as bench_report
+    from ..kernels.bench import timing as bench_timing
+    from ..kernels.bench.workloads import WORKLOAD_SETS, parse_shape
+    from ..kernels.bench.workloads import workloads as workload_set
 
     names = tuple(n for n in (baselines or "").split(",") if n and n != "none")
     unknown = [n for n in names if n not in bench_baselines.BASELINES]

@@ -1,4 +1,4 @@
-"""`flashinfer-build verify`: the selected variants against the reference (library: kernels/verify.py)."""
+"""`flashinfer-build verify`: the selected variants against the reference (library: kernels/verify/)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def verify(device, cases, seed, factor, json_path, sanitize, **selection) -> Non
     Exit code 0 when every variant passes, 1 when any fails, 2 when this machine cannot run the check
     (no GPU, no fitting pack, selected variants not built)."""
     from ..kernels import verify as lib
-    from ..kernels.verify_env import EnvironmentProblem, runnable_on_gpu
+    from ..kernels.verify.env import EnvironmentProblem, runnable_on_gpu
 
     if sanitize and device == "cpu":
         raise ConfigError("--sanitize runs kernels: it needs --device cuda")
@@ -130,7 +130,7 @@ def verify(device, cases, seed, factor, json_path, sanitize, **selection) -> Non
         )
     report.gpu, report.packs = gpu, packs
     if sanitize:
-        from ..kernels.sanitize import sanitize as run_sanitizer
+        from ..kernels.verify.sanitize import sanitize as run_sanitizer
 
         log.print("compute-sanitizer: memcheck and racecheck on one small case per kernel template")
         report.sanitize = run_sanitizer(variants, seed=seed)

@@ -3,7 +3,7 @@
 For every workload: random inputs (several rotated sets when one set would sit in L2), our wrapper's
 plan once, then for ours and each baseline an accuracy check (a few query rows of two requests against
 kernels/reference.py, with the accuracy rule of kernels/accuracy.py) and, if it passes, the median time
-(kernels/bench_timing.py). FLOP and byte counts (kernels/bench_counts.py) turn times into TFLOP/s,
+(kernels/bench/timing.py). FLOP and byte counts (kernels/bench/counts.py) turn times into TFLOP/s,
 GB/s and the fraction of the device's ceilings measured at start.
 
 The report (`BenchReport.to_dict`, written by `--json`) has this schema:
@@ -29,12 +29,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import accuracy, bench_baselines, reference
-from .bench_counts import attention_bytes, attention_flops
-from .bench_inputs import BenchInputs, dense_inputs, make_inputs, set_bytes
-from .bench_timing import DevicePeaks, Timing, rotation_sets, time_calls
-from .bench_workloads import Workload
-from .verify_cases import DTYPES
+from .. import accuracy, reference
+from ..verify.cases import DTYPES
+from . import baselines as bench_baselines
+from .counts import attention_bytes, attention_flops
+from .inputs import BenchInputs, dense_inputs, make_inputs, set_bytes
+from .timing import DevicePeaks, Timing, rotation_sets, time_calls
+from .workloads import Workload
 
 SCHEMA = "flashinfer-build.bench/1"
 CHECK_ROWS = 32  # query rows per checked request: enough to catch a wrong tile, cheap for 32k keys
@@ -125,7 +126,7 @@ class BenchReport:
 
 
 def row_counts(w: Workload) -> tuple[int, int]:
-    """(FLOPs, minimum bytes) of a workload (kernels/bench_counts.py)."""
+    """(FLOPs, minimum bytes) of a workload (kernels/bench/counts.py)."""
     flops = attention_flops(w.q_lens, w.total_kv_lens, w.num_qo_heads, w.head_dim, w.mask, w.window_left)
     nbytes = attention_bytes(
         w.q_lens,
@@ -158,7 +159,7 @@ def bench(
 ) -> BenchReport:
     """Time `workloads` on the current GPU with the kernels of pack `arch`. `built`: the variant ids
     the packs hold (None: do not check; a workload whose variant is missing gets status "not built")."""
-    from . import loader
+    from .. import loader
 
     report = BenchReport(peaks, graph)
     memo: dict[tuple, MethodResult] = {}
@@ -231,7 +232,7 @@ def _measure(name, build, w, first: BenchInputs, checked, refs, graph) -> Method
 
 
 def _ours(w: Workload, inputs: list[BenchInputs], graph: bool):
-    from .bench_ours import prepare_ours
+    from .ours import prepare_ours
 
     make = prepare_ours(w, inputs[0], graph)
     return [make(x) for x in inputs], lambda o: o, ""
@@ -255,7 +256,7 @@ def _request_rows(w: Workload, r: int) -> slice:
 
 def _references(w: Workload, x: BenchInputs, checked: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(float64 reference, reference in the query dtype) of the checked rows of each checked request."""
-    from ..variants import hooks
+    from ...variants import hooks
 
     slopes = hooks.alibi_slopes(w.num_qo_heads).to(x.q.device) if w.pos == "alibi" else None
     refs = []

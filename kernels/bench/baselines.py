@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..variants import hooks
-from .bench_inputs import DenseInputs
-from .bench_workloads import Workload
+from ...variants import hooks
+from .inputs import DenseInputs
+from .workloads import Workload
 
 SDPA_BACKENDS = {
     "sdpa-flash": "FLASH_ATTENTION",

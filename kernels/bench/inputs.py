@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..variants import hooks
-from .bench_workloads import Workload
-from .verify_cases import DTYPES
+from ...variants import hooks
+from ..verify.cases import DTYPES
+from .workloads import Workload
 
 
 @dataclass

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import torch
 
-from .bench_inputs import BenchInputs
-from .bench_workloads import Workload
-from .verify_cases import DTYPES
+from ..verify.cases import DTYPES
+from .inputs import BenchInputs
+from .workloads import Workload
 
 Call = Callable[[], torch.Tensor]
 
@@ -40,8 +40,8 @@ def _workspace(nbytes: int, device) -> torch.Tensor:
 
 
 def _planned(w: Workload, x: BenchInputs):
-    from ..variants import hooks
-    from . import wrappers
+    from ...variants import hooks
+    from .. import wrappers
 
     pages = int(x.kv_indices.numel()) if x.kv_indices is not None else 0
     size = wrappers.workspace_size(
@@ -83,7 +83,7 @@ def _planned(w: Workload, x: BenchInputs):
 
 def _cascade(w: Workload, x: BenchInputs):
     """Two levels: the shared prefix's pages for all queries as one group, then each request's own."""
-    from . import cascade
+    from .. import cascade
 
     n, prefix_pages = len(w.q_lens), x.prefix_pages
     indptr, indices, last = x.kv_indptr.cpu(), x.kv_indices.cpu(), x.kv_last_page_len.cpu()

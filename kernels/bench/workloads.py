@@ -18,7 +18,7 @@ import math
 import random
 from dataclasses import dataclass, fields, replace
 
-from ..variants import Variant
+from ...variants import Variant
 
 KINDS = ("decode", "prefill")
 

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..variants import Variant
-from . import accuracy, loader
-from .accuracy import Comparison
-from .verify_cases import CPU_LIMITS, GPU_LIMITS, Case, Limits, make_inputs, random_cases, reference_outputs
-from .verify_merge import random_merge_cases, run_merge_case
+from ...variants import Variant
+from .. import accuracy, loader
+from ..accuracy import Comparison
+from .cases import CPU_LIMITS, GPU_LIMITS, Case, Limits, make_inputs, random_cases, reference_outputs
+from .merge import random_merge_cases, run_merge_case
 
 SCHEMA = "flashinfer-build.verify/1"
 DEFAULT_CASES = 4
@@ -175,7 +175,7 @@ def verify(
     """Run `cases` random cases per variant on `device` ("cuda": kernels; "cpu": scheduler emulation).
 
     Environment problems (no GPU, no fitting pack) are for the caller to check first (see
-    kernels/verify_env.py); failures of one variant are recorded and the others still run."""
+    kernels/verify/env.py); failures of one variant are recorded and the others still run."""
     seed = new_seed() if seed is None else seed
     report = VerifyReport(seed=seed, device=device, factor=factor)
     limits = limits or (CPU_LIMITS if device == "cpu" else GPU_LIMITS)
@@ -207,12 +207,12 @@ def _run_case(variant: Variant, case, device: str, factor: float) -> tuple[Compa
         return run_merge_case(variant, case, device, factor)
     x = make_inputs(variant, case, device)
     if device == "cpu":
-        from .verify_run import run_emulated
+        from .run import run_emulated
 
         # The emulation computes in float64; allowing it float32's error still catches any key it
         # misses or counts twice, which moves the output by far more.
         return compare_outputs(variant, case, x, *run_emulated(variant, case, x), factor, torch.float32)
-    from .verify_run import run_wrappers
+    from .run import run_wrappers
 
     return compare_outputs(variant, case, x, *run_wrappers(variant, case, x), factor)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..variants import Variant, hooks
-from . import reference
+from ...variants import Variant, hooks
+from .. import reference
 
 DTYPES = {
     "bf16": torch.bfloat16,

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..variants import Variant
-from . import loader
+from ...variants import Variant
+from .. import loader
 
 
 class EnvironmentProblem(RuntimeError):

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..variants import Variant
-from .accuracy import Comparison, compare, poison_, unwritten
-from .verify_cases import DTYPES
+from ...variants import Variant
+from ..accuracy import Comparison, compare, poison_, unwritten
+from .cases import DTYPES
 
 HEAD_DIMS = (64, 128, 256)
 
@@ -101,11 +101,11 @@ def run_merge_case(variant: Variant, case: MergeCase, device, factor: float) -> 
     lse = poison_(torch.empty(shape, dtype=lse_dtype, device=device))
     args = (x["partial_o"], x["partial_lse"], x["merge_indptr"], x["merge_indices"], o, lse)
     if device == "cpu":
-        from . import emulate
+        from .. import emulate
 
         emulate.merge_states(*args)
     else:
-        from . import ops
+        from .. import ops
 
         ops.merge_states(*args)
         torch.cuda.synchronize()

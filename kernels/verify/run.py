@@ -6,9 +6,9 @@ import random
 
 import torch
 
-from ..variants import Variant
-from .accuracy import poison_, poisoned_like
-from .verify_cases import DTYPES, Case, Inputs
+from ...variants import Variant
+from ..accuracy import poison_, poisoned_like
+from .cases import DTYPES, Case, Inputs
 
 # CPU emulation plans for small imaginary GPUs as well as an H100-sized one, so that the small CPU cases
 # still take the split-KV paths a real GPU takes only at large lengths.
@@ -19,7 +19,7 @@ EMULATED_TILES_KV = (16, 64)
 
 def run_wrappers(variant: Variant, case: Case, x: Inputs):
     """plan + run through BatchDecodeWrapper / BatchPrefillWrapper into poisoned outputs."""
-    from . import wrappers
+    from .. import wrappers
 
     pages = int(x.kv_indices.numel()) if x.kv_indices is not None else 0
     size = wrappers.workspace_size(
@@ -74,7 +74,7 @@ def run_wrappers(variant: Variant, case: Case, x: Inputs):
 def run_emulated(variant: Variant, case: Case, x: Inputs):
     """scheduler.plan for an imaginary GPU drawn from the case's seed, emulate.check_plan (coverage),
     then emulate.execute in float64."""
-    from . import emulate, scheduler
+    from .. import emulate, scheduler
 
     rng = random.Random(case.seed)
     kernel = scheduler.KernelShape(

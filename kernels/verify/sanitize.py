@@ -1,7 +1,7 @@
 """verify --sanitize: a few small verify cases under NVIDIA compute-sanitizer (memcheck, racecheck).
 
-Each tool runs a child Python process (`python -m flashinfer_build.kernels.sanitize IDS...`) that verifies
-one small case per variant; only our kernels are instrumented (kernel names containing "fib"), and
+Each tool runs a child Python process (`python -m flashinfer_build.kernels.verify.sanitize IDS...`) that
+verifies one small case per variant; only our kernels are instrumented (kernel names containing "fib"), and
 PyTorch's caching allocator is switched off in the child so that an out-of-bounds access lands outside
 its allocation instead of inside a cached block, where memcheck cannot see it.
 """
@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 
-from ..variants import Variant, parse_id
+from ...variants import Variant, parse_id
 
 TOOLS = ("memcheck", "racecheck")
 ERROR_EXIT = 86
@@ -109,8 +109,8 @@ def _tail(output: str) -> str:
 def _child(argv: list[str]) -> int:
     """Verify one small case of each variant id given; exit 1 when one fails (compute-sanitizer reports
     its own findings)."""
-    from .verify import verify
-    from .verify_cases import Limits
+    from . import verify
+    from .cases import Limits
 
     seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
     ids = [a for i, a in enumerate(argv) if not a.startswith("--") and (i == 0 or argv[i - 1] != "--seed")]

@@ -8,16 +8,13 @@ import random
 
 import pytest
 import torch
-from flashinfer_build.kernels import (
-    bench,
-    bench_baselines,
-    bench_counts,
-    bench_inputs,
-    bench_report,
-    reference,
-)
-from flashinfer_build.kernels import bench_workloads as wl
-from flashinfer_build.kernels.bench_timing import DevicePeaks, Timing, rotation_sets
+from flashinfer_build.kernels import bench, reference
+from flashinfer_build.kernels.bench import baselines as bench_baselines
+from flashinfer_build.kernels.bench import counts as bench_counts
+from flashinfer_build.kernels.bench import inputs as bench_inputs
+from flashinfer_build.kernels.bench import report as bench_report
+from flashinfer_build.kernels.bench import workloads as wl
+from flashinfer_build.kernels.bench.timing import DevicePeaks, Timing, rotation_sets
 from flashinfer_build.variants import hooks, load_matrix
 
 H100 = DevicePeaks("H100", 132, 50 << 20, copy_gbps=3000.0, matmul_tflops=800.0)

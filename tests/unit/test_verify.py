@@ -8,8 +8,10 @@ import random
 import numpy as np
 import pytest
 import torch
-from flashinfer_build.kernels import accuracy, emulate, reference, scheduler, verify, verify_cases, verify_run
-from flashinfer_build.kernels import verify_merge as merge
+from flashinfer_build.kernels import accuracy, emulate, reference, scheduler, verify
+from flashinfer_build.kernels.verify import cases as verify_cases
+from flashinfer_build.kernels.verify import merge
+from flashinfer_build.kernels.verify import run as verify_run
 from flashinfer_build.variants import load_matrix, parse_id
 
 CI = [v for v in load_matrix("ci") if v.arch == "sm90a"]

@@ -8,7 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 from flashinfer_build.cli.main import cli, main
-from flashinfer_build.kernels import verify, verify_run
+from flashinfer_build.kernels import verify
+from flashinfer_build.kernels.verify import run as verify_run
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 
