@@ -62,6 +62,8 @@ def load_matrix(source: str | Path) -> Matrix:
     """A preset name (`ci`, `default`, `full`) or the path of a user's matrix TOML file."""
     path = preset_path(str(source)) if str(source) in PRESETS else Path(source)
     if not path.is_file():
+        if path.suffix != ".toml" and len(path.parts) == 1:
+            raise FileNotFoundError(f"unknown preset {str(source)!r} (presets: {', '.join(PRESETS)})")
         raise FileNotFoundError(f"matrix file {path} does not exist (presets: {', '.join(PRESETS)})")
     with path.open("rb") as f:
         data = tomllib.load(f)
