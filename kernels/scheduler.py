@@ -377,10 +377,17 @@ class _Model:
         full, rest = divmod(items * self.num_kv_heads, self.slots)
         time = full * average
         if rest:
-            fill = c.wave_fill * self.slots
-            share = (1.0 - math.exp(-rest / fill)) / (1.0 - math.exp(-self.slots / fill))
+            fill, full_wave_share = self._wave_fill
+            share = (1.0 - math.exp(-rest / fill)) / full_wave_share
             time += average / min(c.solo_speedup, share * self.slots / rest)
         return max(time, longest_item / c.solo_speedup)
+
+    @functools.cached_property
+    def _wave_fill(self) -> tuple[float, float]:
+        """k = wave_fill * slots and 1 - exp(-slots / k) of the partial-wave formula: the same for every
+        candidate of a plan, so computed once (the candidate loop is a large part of a split plan)."""
+        fill = self.cost.wave_fill * self.slots
+        return fill, 1.0 - math.exp(-self.slots / fill)
 
     def unsplit_time(self, keys: int, longest: int, tiles: int) -> float:
         return self.attention_time(keys, tiles, 0, longest + self.cost.item_overhead)
@@ -405,32 +412,9 @@ def _chunk_candidates(keys: int, longest: int, tiles: int, model: _Model, granul
 
 
 def _choose_chunk(sizes, tiles, lo, hi, qo, keys, longest, model, unsplit, max_rows, max_items):
-    """Evaluate the cost model for all candidate sizes at once (rows of 2-D arrays): the best one that
-    fits the capacity and beats the unsplit plan by min_gain, else 0 (no split). Float64 arithmetic:
-    exact for these integers and several times faster than numpy's integer division."""
-    L = sizes[:, None].astype(np.float64)
-    chunks = np.ceil(hi.astype(np.float64) / L)  # (candidates, tiles)
-    windowed = bool(lo.any())
-    first = np.floor(lo / L) if windowed else 0.0
-    if windowed:
-        chunks -= first
-    np.maximum(chunks, 1.0, out=chunks)
-    items = chunks.sum(axis=1)
-    # A request is split when any of its tiles is; its partial block spans its tiles' chunks x q_len rows.
-    if tiles.one_token_per_request:
-        split_items = rows = items - (chunks == 1.0).sum(axis=1)
-    elif tiles.one_per_request:
-        split_chunks = chunks * (chunks > 1)
-        rows = (split_chunks * qo[None, :]).sum(axis=1)
-        split_items = split_chunks.sum(axis=1)
-    else:
-        starts = tiles.nonempty_starts
-        first = first + np.zeros_like(chunks)
-        req_split = np.maximum.reduceat(chunks, starts, axis=1) > 1
-        req_first = np.minimum.reduceat(first, starts, axis=1)
-        req_chunks = np.maximum.reduceat(first + chunks, starts, axis=1) - req_first
-        rows = (req_split * req_chunks * qo[tiles.nonempty][None, :]).sum(axis=1)
-        split_items = (req_split[:, tiles.owner] * chunks).sum(axis=1)
+    """Evaluate the cost model for all candidate sizes (ascending): the best one that fits the capacity
+    and beats the unsplit plan by min_gain, else 0 (no split)."""
+    items, split_items, rows = _split_counts(sizes, tiles, lo, hi, qo)
     c = model.cost
     per_slot = model.num_kv_heads / model.slots
     candidates = []
@@ -449,6 +433,40 @@ def _choose_chunk(sizes, tiles, lo, hi, qo, keys, longest, model, unsplit, max_r
     if best_time >= unsplit * (1.0 - c.min_gain):
         return 0, unsplit, tuple(candidates)
     return best_size, best_time, tuple(candidates)
+
+
+def _split_counts(sizes, tiles, lo, hi, qo):
+    """Work items, split items and partial rows of the plan for each chunk size (rows of 2-D arrays).
+    Float64 arithmetic: exact for these integers and several times faster than numpy's integer division."""
+    L = sizes[:, None].astype(np.float64)
+    windowed = bool(lo.any())
+    if tiles.one_token_per_request and not windowed:
+        # Decode: only requests longer than the smallest chunk can split; the others are one item each.
+        long = hi[hi > sizes[0]]
+        chunks = np.ceil(long / L)  # (candidates, long requests), each >= 1
+        long_chunks = chunks.sum(axis=1)
+        split_items = long_chunks - (chunks == 1.0).sum(axis=1)
+        return long_chunks + (hi.shape[0] - long.shape[0]), split_items, split_items
+    chunks = np.ceil(hi.astype(np.float64) / L)  # (candidates, tiles)
+    first = np.floor(lo / L) if windowed else 0.0
+    if windowed:
+        chunks -= first
+    np.maximum(chunks, 1.0, out=chunks)
+    items = chunks.sum(axis=1)
+    # A request is split when any of its tiles is; its partial block spans its tiles' chunks x q_len rows.
+    if tiles.one_token_per_request:
+        split_items = items - (chunks == 1.0).sum(axis=1)
+        return items, split_items, split_items
+    if tiles.one_per_request:
+        split_chunks = chunks * (chunks > 1)
+        return items, split_chunks.sum(axis=1), (split_chunks * qo[None, :]).sum(axis=1)
+    starts = tiles.nonempty_starts
+    first = first + np.zeros_like(chunks)
+    req_split = np.maximum.reduceat(chunks, starts, axis=1) > 1
+    req_first = np.minimum.reduceat(first, starts, axis=1)
+    req_chunks = np.maximum.reduceat(first + chunks, starts, axis=1) - req_first
+    rows = (req_split * req_chunks * qo[tiles.nonempty][None, :]).sum(axis=1)
+    return items, (req_split[:, tiles.owner] * chunks).sum(axis=1), rows
 
 
 def _split(tiles, lo, hi, qo, kv, chunk, mask, window_left, all_partial):
@@ -497,38 +515,47 @@ def _split(tiles, lo, hi, qo, kv, chunk, mask, window_left, all_partial):
 
 
 def _split_single_tokens(lo, hi, rows, chunk, all_partial):
-    """_split for one query token per request (decode), where request = tile = token, in fewer numpy
-    calls (decode plans run for every generated token). Returns the items already in dispatch order:
-    the split requests' chunks first (their full chunks are the longest items of the plan), then one
-    item per unsplit request (none longer than a chunk), each request's partial rows consecutive."""
-    windowed = bool(lo.any())
-    first = lo // chunk if windowed else 0
-    chunks = np.maximum((hi + (chunk - 1)) // chunk - first, 1)
-    split = np.flatnonzero(chunks > 1) if not all_partial else np.arange(chunks.shape[0])
-    whole = np.flatnonzero(chunks == 1) if not all_partial else split[:0]
-    counts = chunks[split]
+    """_split for one query token per request (decode), where request = tile = token, in few numpy calls
+    (decode plans run for every generated token). Returns the items already in dispatch order: the
+    split requests' chunks first (their full chunks are the longest items of the plan), then one item
+    per unsplit request (none longer than a chunk), each request's partial rows consecutive."""
+    batch = hi.shape[0]
+    windowed = lo is not _constant(batch, 0) and bool(lo.any())
+    if windowed or all_partial:
+        chunks = np.maximum((hi + (chunk - 1)) // chunk - lo // chunk, 1)
+        unsplit = chunks == 1
+        split = np.arange(batch) if all_partial else np.flatnonzero(~unsplit)
+        counts = chunks[split]
+    else:
+        # Without a window a request splits exactly when it is longer than a chunk: count only those.
+        unsplit = hi <= chunk
+        split = np.flatnonzero(~unsplit)
+        counts = (hi[split] + (chunk - 1)) // chunk
     ends = np.cumsum(counts)
     num_rows = int(ends[-1]) if ends.shape[0] else 0
-    req = np.repeat(split, counts)
-    c = np.arange(num_rows) - np.repeat(ends - counts, counts)  # chunk of the request, from its first
-    items = np.empty((num_rows + whole.shape[0], WORK_ITEM_FIELDS), np.int64)
-    head, tail = items[:num_rows], items[num_rows:]
-    head[:, 0], head[:, 1], head[:, 2] = req, 0, rows[req]
-    begin = (c + first[req]) * chunk if windowed else c * chunk
-    head[:, 3] = np.maximum(lo[req], begin) if windowed else begin
-    head[:, 4] = np.minimum(hi[req], begin + chunk)
-    head[:, 5] = np.arange(num_rows)
-    tail[:, 0], tail[:, 1], tail[:, 2], tail[:, 3], tail[:, 4], tail[:, 5] = (
-        whole,
-        0,
-        rows[whole],
-        lo[whole],
-        hi[whole],
-        -1,
-    )
-    per_token = np.zeros(chunks.shape[0] + 1, np.int64)
+    whole = _whole_request_items(lo, hi, int(rows[0]) if batch else 0)
+    items = np.empty((num_rows + batch - split.shape[0], WORK_ITEM_FIELDS), np.int32)
+    if not all_partial:
+        np.compress(unsplit, whole, axis=0, out=items[num_rows:])  # compress: 2x faster than a mask
+    # Each split request's chunks start as copies of its whole item, then get their own KV range.
+    head = items[:num_rows]
+    head[:] = np.repeat(whole[split], counts, axis=0)
+    partial = np.arange(num_rows)
+    c = partial - np.repeat(ends - counts, counts)  # chunk of the request, from its first visible one
+    begin = (c + head[:, 3] // chunk) * chunk if windowed else c * chunk
+    head[:, 3] = np.maximum(head[:, 3], begin) if windowed else begin
+    head[:, 4] = np.minimum(head[:, 4], begin + chunk)
+    head[:, 5] = partial
+    per_token = np.zeros(batch + 1, np.int64)
     per_token[split + 1] = counts
-    return items, np.cumsum(per_token), np.arange(num_rows), num_rows
+    return items, np.cumsum(per_token), partial, num_rows
+
+
+def _whole_request_items(lo, hi, group):
+    """int32 [batch, 6]: one item per single-token request over its whole KV range, partial row -1."""
+    items = _decode_work_template(lo.shape[0], group, lo.shape[0]).copy()
+    items[:, 3], items[:, 4] = lo, hi
+    return items
 
 
 def _in_dispatch_order(items: np.ndarray, grid: int, sort: bool) -> np.ndarray:
