@@ -377,17 +377,10 @@ class _Model:
         full, rest = divmod(items * self.num_kv_heads, self.slots)
         time = full * average
         if rest:
-            fill, full_wave_share = self._wave_fill
-            share = (1.0 - math.exp(-rest / fill)) / full_wave_share
+            fill = c.wave_fill * self.slots
+            share = (1.0 - math.exp(-rest / fill)) / (1.0 - math.exp(-self.slots / fill))
             time += average / min(c.solo_speedup, share * self.slots / rest)
         return max(time, longest_item / c.solo_speedup)
-
-    @functools.cached_property
-    def _wave_fill(self) -> tuple[float, float]:
-        """k = wave_fill * slots and 1 - exp(-slots / k) of the partial-wave formula: the same for every
-        candidate of a plan, so computed once (the candidate loop is a large part of a split plan)."""
-        fill = self.cost.wave_fill * self.slots
-        return fill, 1.0 - math.exp(-self.slots / fill)
 
     def unsplit_time(self, keys: int, longest: int, tiles: int) -> float:
         return self.attention_time(keys, tiles, 0, longest + self.cost.item_overhead)
