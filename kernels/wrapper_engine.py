@@ -148,6 +148,8 @@ def host_index(name: str, values, *, length: int | None = None) -> np.ndarray:
         if values.dtype not in (torch.int32, torch.int64):
             raise InvalidArgument(f"{name} must hold int32 values, got {values.dtype}")
         values = values.cpu().numpy() if values.is_cuda else values.numpy()
+        if values.ndim == 1 and values.dtype == np.int32 and length in (None, values.shape[0]):
+            return values  # the common case, without the generic checks and conversion below
     array = np.asarray(values)
     if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
         raise InvalidArgument(
@@ -185,8 +187,7 @@ def paged_lengths(kv_ptr: np.ndarray, last: np.ndarray, page_size: int, num_indi
         raise InvalidArgument("kv_indptr must be non-decreasing")
     if kv_ptr[-1] > num_indices:
         raise InvalidArgument(f"kv_indptr[-1] = {kv_ptr[-1]} exceeds the {num_indices} entries it indexes")
-    lengths = pages.astype(np.int64)
-    lengths *= page_size
+    lengths = np.multiply(pages, page_size, dtype=np.int64)  # one call: widen and scale
     lengths += last
     lengths -= page_size  # (pages - 1) * page_size + last
     if (last - 1).view(np.uint32).max() < page_size:  # every last page valid: empty requests give <= 0
