@@ -432,7 +432,7 @@ def _split_counts(sizes, tiles, lo, hi, qo):
     """Work items, split items and partial rows of the plan for each chunk size (rows of 2-D arrays).
     Float64 arithmetic: exact for these integers and several times faster than numpy's integer division."""
     L = sizes[:, None].astype(np.float64)
-    windowed = bool(lo.any())
+    windowed = lo is not _constant(lo.shape[0], 0) and bool(lo.any())
     if tiles.one_token_per_request and not windowed:
         # Decode: only requests longer than the smallest chunk can split; the others are one item each.
         long = hi[hi > sizes[0]]
@@ -517,37 +517,40 @@ def _split_single_tokens(lo, hi, rows, chunk, all_partial):
     if windowed or all_partial:
         chunks = np.maximum((hi + (chunk - 1)) // chunk - lo // chunk, 1)
         unsplit = chunks == 1
-        split = np.arange(batch) if all_partial else np.flatnonzero(~unsplit)
+        split = np.arange(batch) if all_partial else (~unsplit).nonzero()[0]
         counts = chunks[split]
     else:
         # Without a window a request splits exactly when it is longer than a chunk: count only those.
         unsplit = hi <= chunk
-        split = np.flatnonzero(~unsplit)
+        split = (~unsplit).nonzero()[0]
         counts = (hi[split] + (chunk - 1)) // chunk
-    ends = np.cumsum(counts)
+    # Array methods, not the np.* functions: those add a Python dispatch layer per call.
+    ends = counts.cumsum()
     num_rows = int(ends[-1]) if ends.shape[0] else 0
     whole = _whole_request_items(lo, hi, int(rows[0]) if batch else 0)
     items = np.empty((num_rows + batch - split.shape[0], WORK_ITEM_FIELDS), np.int32)
     if not all_partial:
-        np.compress(unsplit, whole, axis=0, out=items[num_rows:])  # compress: 2x faster than a mask
+        whole.compress(unsplit, axis=0, out=items[num_rows:])  # compress: 2x faster than a mask
     # Each split request's chunks start as copies of its whole item, then get their own KV range.
     head = items[:num_rows]
-    head[:] = np.repeat(whole[split], counts, axis=0)
+    head[:] = whole[split].repeat(counts, axis=0)
     partial = np.arange(num_rows)
-    c = partial - np.repeat(ends - counts, counts)  # chunk of the request, from its first visible one
+    c = partial - (ends - counts).repeat(counts)  # chunk of the request, from its first visible one
     begin = (c + head[:, 3] // chunk) * chunk if windowed else c * chunk
     head[:, 3] = np.maximum(head[:, 3], begin) if windowed else begin
     head[:, 4] = np.minimum(head[:, 4], begin + chunk)
     head[:, 5] = partial
-    per_token = np.zeros(batch + 1, np.int64)
-    per_token[split + 1] = counts
-    return items, np.cumsum(per_token), partial, num_rows
+    merge_indptr = np.zeros(batch + 1, np.int64)
+    merge_indptr[split + 1] = counts
+    return items, merge_indptr.cumsum(out=merge_indptr), partial, num_rows
 
 
 def _whole_request_items(lo, hi, group):
     """int32 [batch, 6]: one item per single-token request over its whole KV range, partial row -1."""
     items = _decode_work_template(lo.shape[0], group, lo.shape[0]).copy()
-    items[:, 3], items[:, 4] = lo, hi
+    if lo is not _constant(lo.shape[0], 0):  # the template's KV ranges start at 0
+        items[:, 3] = lo
+    items[:, 4] = hi
     return items
 
 
