@@ -354,7 +354,7 @@ def _visible(tiles_or_req, first_token, last_token, qo, kv, mask, window_left):
     return lo, np.maximum(lo, hi)
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: a frozen dataclass's __init__ costs ~2 us, and one is made per plan
 class _Model:
     """The cost model of the module docstring, for one problem shape."""
 
