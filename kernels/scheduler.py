@@ -557,8 +557,10 @@ def _whole_request_items(lo, hi, group):
 def _in_dispatch_order(items: np.ndarray, grid: int, sort: bool) -> np.ndarray:
     """int32 [grid, 6]: the items (by decreasing KV range when `sort`: the in-order block dispatch
     then schedules longest first), then padding items."""
-    work = np.empty((grid, WORK_ITEM_FIELDS), np.int32)
     n = items.shape[0]
+    if not sort and n == grid and items.dtype == np.int32:
+        return items  # already the whole work list (single-token splits): no copy
+    work = np.empty((grid, WORK_ITEM_FIELDS), np.int32)
     work[:n] = items[np.argsort(items[:, 3] - items[:, 4], kind="stable")] if sort and n > 1 else items
     work[n:] = PADDING_ITEM
     return work
