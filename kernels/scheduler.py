@@ -678,29 +678,37 @@ def pack_metadata(plan_: Plan, lay: WorkspaceLayout, host: np.ndarray, indptrs: 
     """Write a plan (and the index arrays named in indptrs, e.g. {"kv_indptr": ...}) into `host`, an
     int32 view of the pinned staging buffer laid out like the workspace. Returns the bytes to upload
     (everything up to the end of the last buffer written)."""
+    slots = _metadata_slots(lay)
+    plan_arrays = (
+        ("work", plan_.work.reshape(-1)),
+        ("merge_indptr", plan_.merge_indptr),
+        ("merge_indices", plan_.merge_indices),
+    )
     end = 0
-
-    def put(name: str, values: np.ndarray, limit: int) -> None:
-        nonlocal end
+    for name, values in (*plan_arrays, *indptrs.items()):
+        start, limit = slots[name]
         if values.shape[0] > limit:
             raise ValueError(
                 f"{name} needs {values.shape[0]} entries but the workspace holds {limit}: "
                 "size the workspace with workspace_size() for these bounds"
             )
-        start = getattr(lay, name) // 4
         host[start : start + values.shape[0]] = values
-        end = max(end, (start + values.shape[0]) * 4)
+        end = max(end, start + values.shape[0])
+    return end * 4
 
+
+@functools.lru_cache(maxsize=64)
+def _metadata_slots(lay: WorkspaceLayout) -> dict[str, tuple[int, int]]:
+    """(first int32 entry, capacity in entries) of each metadata buffer: the same for every plan of a
+    layout, so cached."""
     cap = lay.capacity
-    put("work", plan_.work.reshape(-1), cap.work_items * WORK_ITEM_FIELDS)
-    put("merge_indptr", plan_.merge_indptr, cap.tokens + 1)
-    put("merge_indices", plan_.merge_indices, cap.partial_rows)
     limits = {
+        "work": cap.work_items * WORK_ITEM_FIELDS,
+        "merge_indptr": cap.tokens + 1,
+        "merge_indices": cap.partial_rows,
         "qo_indptr": cap.batch + 1,
         "kv_indptr": cap.batch + 1,
         "kv_last_page_len": cap.batch,
         "kv_indices": cap.pages,
     }
-    for name, values in indptrs.items():
-        put(name, values, limits[name])
-    return end
+    return {name: (getattr(lay, name) // 4, limit) for name, limit in limits.items()}
