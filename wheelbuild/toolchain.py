@@ -175,12 +175,16 @@ def find_host_compiler(env: Mapping[str, str]) -> Path:
     )
 
 
+def _version_output(tool: Path) -> str:
+    try:
+        return subprocess.run([str(tool), "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise ToolchainError(f"{tool} --version failed: {e}") from None
+
+
 @functools.lru_cache(maxsize=8)
 def nvcc_version(nvcc: Path) -> str:
-    try:
-        out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise ToolchainError(f"{nvcc} --version failed: {e}") from None
+    out = _version_output(nvcc)
     m = re.search(r"\bV(\d+\.\d+\.\d+)", out)
     if not m:
         raise ToolchainError(f"cannot read the version from `{nvcc} --version`:\n{out}")
@@ -189,10 +193,7 @@ def nvcc_version(nvcc: Path) -> str:
 
 @functools.lru_cache(maxsize=8)
 def host_compiler_version(compiler: Path) -> str:
-    try:
-        out = subprocess.run([str(compiler), "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise ToolchainError(f"{compiler} --version failed: {e}") from None
+    out = _version_output(compiler)
     return out.splitlines()[0].strip() if out else "unknown"
 
 
