@@ -4,6 +4,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/numeric_types.h>
 
+#include "rope_smem.cuh"
 #include "tile_size.h"
 
 namespace fib::prefill {
@@ -73,7 +74,7 @@ struct Sm80Traits {
     alignas(128) Element k[cute::cosize_v<SmemLayoutKV>];
     alignas(128) Element v[cute::cosize_v<SmemLayoutKV>];
     int64_t kv_row_offset[2][kBlockN];  // element offsets of the key rows of this tile and the next
-    float rope_inv_freq[kHeadDim / 2];
+    RopePair rope[kHeadDim / 2];
   };
 };
 

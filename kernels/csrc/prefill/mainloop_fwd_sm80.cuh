@@ -99,7 +99,7 @@ struct MainloopFwdSm80 {
       fib::cp_async_wait<0>();
       return;
     }
-    if constexpr (kRope) fill_rope_inv_freq<kHeadDim, kThreads>(p, smem.rope_inv_freq, tid);
+    if constexpr (kRope) RopeTile<Traits>::fill(p, smem.rope, tid);
     KvRowTable<kBlockN> table;
     table.prefetch(p, t, tile_start(num_tiles - 1), tid);
     table.store(p, t, tile_start(num_tiles - 1), tid, smem.kv_row_offset[(num_tiles - 1) & 1]);
@@ -109,7 +109,7 @@ struct MainloopFwdSm80 {
     if constexpr (kRope) {
       fib::cp_async_wait<1>();  // Q has landed; K may still be in flight
       __syncthreads();
-      rope_rotate_tile<Traits>(sQ, smem.rope_inv_freq, tid, [&](int row) {
+      RopeTile<Traits>::rotate_rows(sQ, smem.rope, tid, [&](int row) {
         const int32_t packed = t.row_begin + min(row, t.num_rows - 1);
         return VariantT::query_pos(t.ctx, packed / t.group);
       });
@@ -150,7 +150,7 @@ struct MainloopFwdSm80 {
       load_kv_tile<Traits>(v, smem.kv_row_offset[n & 1], t.kv_hi - tile_start(n), sV, tid);
       fib::cp_async_commit();
       if constexpr (kRope) {
-        rope_rotate_tile<Traits>(sK, smem.rope_inv_freq, tid, [&](int row) { return tile_start(n) + row; });
+        RopeTile<Traits>::rotate_consecutive(sK, smem.rope, tid, tile_start(n));
         __syncthreads();
       }
 
