@@ -63,8 +63,9 @@ __device__ __forceinline__ void stage_q(const fib_attention_params& p, const fib
         for (int e = 0; e < 8; ++e) x[half][e] = to_float(v[e]);
       }
       if constexpr (kRope) {
+        const RopeFrequencies frequencies(p);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) rope_rotate(q_pos, rope_inv_freq(p, 8 * g + e, Tr::kHeadDim), x[0][e], x[1][e]);
+        for (int e = 0; e < 8; ++e) rope_rotate(q_pos, frequencies(8 * g + e, Tr::kHeadDim), x[0][e], x[1][e]);
       }
     }
 #pragma unroll
@@ -150,8 +151,8 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
 #pragma unroll
     for (int j = 0; j < Tr::kKSteps; ++j) load_q_step<Tr>(q_row0, c, j, qf[j]);
   }
-  float inv_freq[Tr::kKPairs];
-  if constexpr (kRope) rope_k_frequencies<Tr>(p, c, inv_freq);
+  RopeFreq rope_freq[Tr::kKPairs];
+  if constexpr (kRope) rope_k_frequencies<Tr>(p, c, rope_freq);
 
   // Logit of raw dot product s for key kv in the log2 domain (k_scale folded in; fp8 widened to
   // fp16 reads kRealPerStored too small).
@@ -186,7 +187,7 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
       for (int ks = slice; ks < Tr::kTileSlices && tile_pos + ks * Tr::kSliceKeys < kv_end; ks += slices) {
         const int key0 = ks * Tr::kSliceKeys;
         float s[2][4];
-        qk_slice<Tr, kRope>(s_k, key0, lane, qf, q_row0, inv_freq, tile_pos, s);
+        qk_slice<Tr, kRope>(s_k, key0, lane, qf, q_row0, rope_freq, tile_pos, s);
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
 #pragma unroll

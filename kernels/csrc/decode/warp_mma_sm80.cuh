@@ -62,16 +62,17 @@ __device__ __forceinline__ void load_q_step(const char* q_row0, int c, int j, ui
   a[3] = hi.y;
 }
 
-// Inverse RoPE frequencies of the dims this lane holds in the first half of a key row, in the
-// order of its operand words' elements.
+// RoPE frequencies of the dims this lane holds in the first half of a key row, in the order of
+// its operand words' elements.
 template <class Tr>
-__device__ __forceinline__ void rope_k_frequencies(const fib_attention_params& p, int c, float (&inv_freq)[Tr::kKPairs]) {
+__device__ __forceinline__ void rope_k_frequencies(const fib_attention_params& p, int c, RopeFreq (&freq)[Tr::kKPairs]) {
   constexpr int kPairsPerChunk = Tr::kChunkElems / 2;
+  const RopeFrequencies frequencies(p);
 #pragma unroll
   for (int w = 0; w < Tr::kKPairs / 2; ++w) {
     const int dim = (c + 4 * (w / kPairsPerChunk)) * Tr::kChunkElems + 2 * (w % kPairsPerChunk);
-    inv_freq[2 * w] = rope_inv_freq(p, dim, Tr::kHeadDim);
-    inv_freq[2 * w + 1] = rope_inv_freq(p, dim + 1, Tr::kHeadDim);
+    freq[2 * w] = frequencies(dim, Tr::kHeadDim);
+    freq[2 * w + 1] = frequencies(dim + 1, Tr::kHeadDim);
   }
 }
 
@@ -97,15 +98,15 @@ __device__ __forceinline__ void load_k_words(const char* s_k, int row, int c, ui
 // RoPE on one key row held as operand words: word w pairs with word w + kKPairs / 2 (dims d and
 // d + kHeadDim / 2, see rope_k_frequencies).
 template <class Tr>
-__device__ __forceinline__ void rope_k_words(uint32_t (&kw)[Tr::kKPairs], const float (&inv_freq)[Tr::kKPairs],
+__device__ __forceinline__ void rope_k_words(uint32_t (&kw)[Tr::kKPairs], const RopeFreq (&freq)[Tr::kKPairs],
                                              float pos) {
   using M = typename Tr::Math;
   constexpr int kHalf = Tr::kKPairs / 2;
 #pragma unroll
   for (int w = 0; w < kHalf; ++w) {
     float2 lo = unpack2<M>(kw[w]), hi = unpack2<M>(kw[w + kHalf]);
-    rope_rotate(pos, inv_freq[2 * w], lo.x, hi.x);
-    rope_rotate(pos, inv_freq[2 * w + 1], lo.y, hi.y);
+    rope_rotate(pos, freq[2 * w], lo.x, hi.x);
+    rope_rotate(pos, freq[2 * w + 1], lo.y, hi.y);
     kw[w] = pack2<M>(lo.x, lo.y);
     kw[w + kHalf] = pack2<M>(hi.x, hi.y);
   }
@@ -115,7 +116,7 @@ __device__ __forceinline__ void rope_k_words(uint32_t (&kw)[Tr::kKPairs], const 
 // s[t] is n-tile t: s[t][0..1] = rows r, keys key0 + 8t + 2c + {0,1}; s[t][2..3] = row r + 8.
 template <class Tr, bool kRope>
 __device__ __forceinline__ void qk_slice(const char* s_k, int key0, int lane, const uint32_t (*qf)[4],
-                                         const char* q_row0, const float (&inv_freq)[Tr::kKPairs], int tile_pos,
+                                         const char* q_row0, const RopeFreq (&freq)[Tr::kKPairs], int tile_pos,
                                          float (&s)[2][4]) {
   using M = typename Tr::Math;
   const int r = lane / 4, c = lane % 4;
@@ -126,7 +127,7 @@ __device__ __forceinline__ void qk_slice(const char* s_k, int key0, int lane, co
     const int row = key0 + 8 * t + r;
     uint32_t kw[Tr::kKPairs];
     load_k_words<Tr>(s_k, row, c, kw);
-    if constexpr (kRope) rope_k_words<Tr>(kw, inv_freq, float(tile_pos + row));
+    if constexpr (kRope) rope_k_words<Tr>(kw, freq, float(tile_pos + row));
 #pragma unroll
     for (int j = 0; j < Tr::kKSteps; ++j) {
       const uint32_t b[2] = {kw[2 * j], kw[2 * j + 1]};
