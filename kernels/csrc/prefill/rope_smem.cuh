@@ -18,7 +18,7 @@ namespace fib::prefill {
 
 // Per rotation pair (i, i + head_dim / 2): its frequency and the rotation by a fixed number of
 // positions (the K tile walk's row stride).
-struct RopePair {
+struct alignas(16) RopePair {
   RopeFreq freq;
   float step_cos;
   float step_sin;
@@ -33,15 +33,22 @@ struct RopeTile {
   static_assert(Traits::kThreads % kChunksPerRow == 0, "threads must cover whole rows of chunks");
   static constexpr int kRowStride = Traits::kThreads / kChunksPerRow;  // rows between a thread's rows
 
+  // The table holds pair col + i of a thread's chunk at [i][chunk]: for one i, the 16-byte entries
+  // of the eight chunks are contiguous, so a warp reads them without bank conflicts (in pair order,
+  // the eight chunks' entries sat 128 bytes apart, all in the same banks).
+  __device__ __forceinline__ static const RopePair& pair(const RopePair* table, int col, int i) {
+    return table[i * kChunksPerRow + col / Traits::kVecElems];
+  }
+
   // Fills the CTA's table once. The step is taken with the accurate sincospif: its error adds up
   // over a K tile's steps.
-  __device__ __forceinline__ static void fill(const fib_attention_params& p, RopePair* pairs, int tid) {
+  __device__ __forceinline__ static void fill(const fib_attention_params& p, RopePair* table, int tid) {
     const RopeFrequencies frequencies(p);
-    for (int i = tid; i < kHalf; i += Traits::kThreads) {
-      const RopeFreq f = frequencies(i, Traits::kHeadDim);
+    for (int d = tid; d < kHalf; d += Traits::kThreads) {
+      const RopeFreq f = frequencies(d, Traits::kHeadDim);
       float c, s;
       sincospif(2.0f * rope_turns(float(kRowStride), f), &s, &c);
-      pairs[i] = {f, c, s};
+      table[d % Traits::kVecElems * kChunksPerRow + d / Traits::kVecElems] = {f, c, s};
     }
   }
 
@@ -66,24 +73,29 @@ struct RopeTile {
 
   // Rows at consecutive positions first_pos + row (a K tile).
   template <class SmemTensor>
-  __device__ __forceinline__ static void rotate_consecutive(SmemTensor& sX, const RopePair* pairs, int tid,
+  __device__ __forceinline__ static void rotate_consecutive(SmemTensor& sX, const RopePair* table, int tid,
                                                             int first_pos) {
     constexpr int kRows = decltype(cute::size<0>(sX))::value;
     static_assert(kRows % kRowStride == 0, "every thread takes the same number of rows");
     const int col = tid % kChunksPerRow * Traits::kVecElems;
     const int row0 = tid / kChunksPerRow;
-    float c[Traits::kVecElems], s[Traits::kVecElems];
+    // In registers before the first store to sX, which the compiler cannot tell apart from the table.
+    float c[Traits::kVecElems], s[Traits::kVecElems], step_c[Traits::kVecElems], step_s[Traits::kVecElems];
     CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < Traits::kVecElems; ++i) rope_cos_sin(float(first_pos + row0), pairs[col + i].freq, c[i], s[i]);
+    for (int i = 0; i < Traits::kVecElems; ++i) {
+      const RopePair entry = pair(table, col, i);
+      rope_cos_sin(float(first_pos + row0), entry.freq, c[i], s[i]);
+      step_c[i] = entry.step_cos;
+      step_s[i] = entry.step_sin;
+    }
     CUTLASS_PRAGMA_UNROLL
     for (int step = 0; step < kRows / kRowStride; ++step) {
       rotate_chunk(sX, row0 + step * kRowStride, col, c, s);
       if (step + 1 < kRows / kRowStride) {
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < Traits::kVecElems; ++i) {
-          const RopePair& pair = pairs[col + i];
-          const float next_c = c[i] * pair.step_cos - s[i] * pair.step_sin;
-          s[i] = s[i] * pair.step_cos + c[i] * pair.step_sin;
+          const float next_c = c[i] * step_c[i] - s[i] * step_s[i];
+          s[i] = s[i] * step_c[i] + c[i] * step_s[i];
           c[i] = next_c;
         }
       }
@@ -92,7 +104,7 @@ struct RopeTile {
 
   // Every row of sX at its own position(row) (the Q tile: rows are tokens x heads).
   template <class SmemTensor, class PositionFn>
-  __device__ __forceinline__ static void rotate_rows(SmemTensor& sX, const RopePair* pairs, int tid,
+  __device__ __forceinline__ static void rotate_rows(SmemTensor& sX, const RopePair* table, int tid,
                                                      PositionFn position) {
     constexpr int kRows = decltype(cute::size<0>(sX))::value;
     for (int task = tid; task < kRows * kChunksPerRow; task += Traits::kThreads) {
@@ -101,7 +113,7 @@ struct RopeTile {
       const float pos = float(position(row));
       float c[Traits::kVecElems], s[Traits::kVecElems];
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < Traits::kVecElems; ++i) rope_cos_sin(pos, pairs[col + i].freq, c[i], s[i]);
+      for (int i = 0; i < Traits::kVecElems; ++i) rope_cos_sin(pos, pair(table, col, i).freq, c[i], s[i]);
       rotate_chunk(sX, row, col, c, s);
     }
   }
