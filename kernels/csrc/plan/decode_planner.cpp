@@ -1,0 +1,311 @@
+// Scheduling layer, host only: kernels/scheduler.py's `plan` for a paged decode batch (one query token per
+// request, the request's query heads in one tile), validation and staging included, in one call.
+//
+// The Python planner is the specification: every step below names the function it follows, and the
+// arithmetic is done in the same order and precision (float64, glibc's exp, round half to even), so
+// that both write the same work list, merge index and estimates (tests/unit/test_plan_native.py).
+// Decode plans run for every generated token; in Python they cost ~25 numpy calls of 1-2 us each.
+#include "plan_api.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+namespace {
+
+constexpr int kFields = 6;  // int32 columns of a work item (api.h fib_work_item)
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// scheduler._Model
+struct Model {
+  const fib_plan_config& c;
+  double partial_write;  // extra key steps of an item that writes a float32 partial state
+  int64_t num_kv_heads, slots;
+
+  double spread(int64_t keys, int64_t items, int64_t split_items) const {
+    double work = static_cast<double>(keys) + c.item_overhead * items + partial_write * split_items;
+    return num_kv_heads * work / slots;
+  }
+
+  double attention_time(int64_t keys, int64_t items, int64_t split_items, double longest_item) const {
+    if (!items) return 0.0;
+    double average = (static_cast<double>(keys) + c.item_overhead * items + partial_write * split_items) / items;
+    int64_t ctas = items * num_kv_heads, full = ctas / slots, rest = ctas % slots;
+    double time = full * average;
+    if (rest) {
+      double fill = c.wave_fill * slots;
+      double share = (1.0 - std::exp(-rest / fill)) / (1.0 - std::exp(-slots / fill));
+      time += average / std::min(c.solo_speedup, share * slots / rest);
+    }
+    return std::max(time, longest_item / c.solo_speedup);
+  }
+};
+
+struct Lengths {
+  std::vector<int64_t> lo, hi;  // keys [lo, hi) each request's query sees (scheduler._visible)
+  bool windowed = false;        // any lo > 0
+};
+
+// wrapper_engine.paged_lengths + scheduler._visible: validates the index arrays on the way.
+int visible_keys(const fib_plan_config& c, const int32_t* indptr, const int32_t* last, int64_t batch,
+                 int64_t num_indices, Lengths& len, fib_plan_result* r) {
+  if (indptr[0] != 0) return FIB_PLAN_INDPTR_START;
+  len.lo.assign(batch, 0);
+  len.hi.resize(batch);
+  bool bad_last = false;
+  for (int64_t i = 0; i < batch; ++i) {
+    int64_t pages = static_cast<int64_t>(indptr[i + 1]) - indptr[i];
+    if (pages < 0) return FIB_PLAN_INDPTR_DECREASES;
+    int64_t kv = 0;
+    if (pages > 0) {
+      bad_last |= last[i] < 1 || last[i] > c.page_size;
+      kv = (pages - 1) * c.page_size + last[i];
+    }
+    len.hi[i] = kv;
+    if (c.window_left >= 0) {
+      int64_t lo = std::min(std::max<int64_t>(kv - 1 - c.window_left, 0), kv);
+      len.lo[i] = lo;
+      len.windowed |= lo > 0;
+    }
+  }
+  if (indptr[batch] > num_indices) {
+    r->values[0] = indptr[batch];
+    r->values[1] = num_indices;
+    return FIB_PLAN_INDPTR_EXCEEDS;
+  }
+  if (bad_last) {
+    r->values[0] = c.page_size;
+    return FIB_PLAN_LAST_PAGE_LEN;
+  }
+  return FIB_PLAN_OK;
+}
+
+// scheduler._chunk_candidates
+std::vector<int64_t> chunk_candidates(int64_t keys, int64_t longest, int64_t tiles, const Model& m) {
+  const fib_plan_config& c = m.c;
+  int64_t granule = std::lcm<int64_t>(c.page_size, c.cta_tile_kv);
+  double pieces = longest / std::max(m.spread(keys, tiles, 0), 1.0);
+  std::vector<int64_t> sizes;
+  for (int i = 0; i < c.num_split_factors; ++i) {
+    int64_t k = std::max<int64_t>(2, static_cast<int64_t>(std::nearbyint(pieces * c.split_factors[i])));
+    int64_t size = ceil_div(ceil_div(longest, k), granule) * granule;
+    if (size < longest) sizes.push_back(size);
+  }
+  std::sort(sizes.begin(), sizes.end());
+  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+  return sizes;
+}
+
+// Items, split items and partial rows of the plan with chunks of `size` keys (scheduler._split_counts).
+void split_counts(const Lengths& len, int64_t size, int64_t smallest, int64_t* items, int64_t* split) {
+  int64_t n = len.hi.size(), total = 0, ones = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t chunks;
+    if (len.windowed) {
+      chunks = std::max<int64_t>(ceil_div(len.hi[i], size) - len.lo[i] / size, 1);
+    } else if (len.hi[i] > smallest) {  // only requests longer than the smallest chunk may split
+      chunks = ceil_div(len.hi[i], size);
+    } else {
+      chunks = 1;
+    }
+    total += chunks;
+    ones += chunks == 1;
+  }
+  *items = total;
+  *split = total - ones;
+}
+
+struct Choice {
+  int64_t chunk = 0;
+  double chosen = 0.0;
+};
+
+// scheduler._choose_chunk over the candidate sizes (ascending), recording each feasible one in `r`.
+Choice choose_chunk(const std::vector<int64_t>& sizes, const Lengths& len, int64_t keys, int64_t longest,
+                    const Model& m, double unsplit, fib_plan_result* r) {
+  const fib_plan_config& c = m.c;
+  double per_slot = static_cast<double>(m.num_kv_heads) / m.slots;
+  int best = -1;
+  for (int64_t size : sizes) {
+    int64_t items, split;
+    split_counts(len, size, sizes[0], &items, &split);
+    if (split > c.cap_partial_rows || items > c.cap_work_items) continue;
+    double longest_item = std::min(size, longest) + c.item_overhead + m.partial_write;
+    double attention = m.attention_time(keys, items, split, longest_item);
+    double merge = c.merge_launch + m.partial_write * per_slot * static_cast<double>(split);
+    int i = r->num_candidates++;
+    r->candidate_sizes[i] = size;
+    r->candidate_times[i] = attention + merge;
+    if (best < 0 || r->candidate_times[i] < r->candidate_times[best]) best = i;
+  }
+  if (best < 0 || r->candidate_times[best] >= unsplit * (1.0 - c.min_gain)) return {0, unsplit};
+  return {r->candidate_sizes[best], r->candidate_times[best]};
+}
+
+void write_item(int32_t* row, int64_t request, int64_t group, int64_t kv_begin, int64_t kv_end, int64_t partial) {
+  row[0] = static_cast<int32_t>(request);
+  row[1] = 0;
+  row[2] = static_cast<int32_t>(group);
+  row[3] = static_cast<int32_t>(kv_begin);
+  row[4] = static_cast<int32_t>(kv_end);
+  row[5] = static_cast<int32_t>(partial);
+}
+
+void write_padding(int32_t* work, int64_t from, int64_t grid) {
+  for (int64_t i = from; i < grid; ++i) write_item(work + i * kFields, -1, 0, 0, 0, -1);
+}
+
+// scheduler._unsplit_work: one item per request, by decreasing KV range (stable) when `sort`.
+void unsplit_work(const Lengths& len, int64_t group, bool sort, int32_t* work) {
+  int64_t n = len.hi.size();
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  if (sort && n > 1) {
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return len.lo[a] - len.hi[a] < len.lo[b] - len.hi[b];
+    });
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t q = order[i];
+    write_item(work + i * kFields, q, group, len.lo[q], len.hi[q], -1);
+  }
+}
+
+// scheduler._split_single_tokens: the split requests' chunks first (partial rows in order), then one
+// item per unsplit request; merge_indptr[r + 1] - merge_indptr[r] = chunks of request r if split, else 0.
+int64_t split_work(const Lengths& len, int64_t group, int64_t chunk, int32_t* work, int32_t* merge_indptr) {
+  int64_t n = len.hi.size(), row = 0;
+  merge_indptr[0] = 0;
+  for (int64_t q = 0; q < n; ++q) {
+    int64_t first = len.windowed ? len.lo[q] / chunk : 0;
+    int64_t chunks = std::max<int64_t>(ceil_div(len.hi[q], chunk) - first, 1);
+    bool split = len.windowed ? chunks != 1 : len.hi[q] > chunk;
+    if (split) {
+      for (int64_t c = 0; c < chunks; ++c, ++row) {
+        int64_t begin = (c + first) * chunk;
+        int64_t kv_begin = len.windowed ? std::max(len.lo[q], begin) : begin;
+        write_item(work + row * kFields, q, group, kv_begin, std::min(len.hi[q], begin + chunk), row);
+      }
+    }
+    merge_indptr[q + 1] = static_cast<int32_t>(row);
+  }
+  int64_t at = row;
+  for (int64_t q = 0; q < n; ++q) {
+    if (merge_indptr[q + 1] == merge_indptr[q]) write_item(work + at++ * kFields, q, group, len.lo[q], len.hi[q], -1);
+  }
+  return row;
+}
+
+// scheduler.pack_metadata's slot check and upload extent
+struct Stager {
+  int32_t* staging;
+  int64_t end = 0;
+  fib_plan_result* r;
+
+  int32_t* slot(int which, int32_t at, int64_t entries, int64_t limit) {
+    if (entries > limit) {
+      r->values[0] = which;
+      r->values[1] = entries;
+      r->values[2] = limit;
+      return nullptr;
+    }
+    end = std::max(end, static_cast<int64_t>(at) + entries);
+    return staging + at;
+  }
+};
+
+}  // namespace
+
+extern "C" int fib_plan_decode(const fib_plan_config* config, const int32_t* kv_indptr,
+                               const int32_t* kv_last_page_len, const int32_t* kv_indices, int64_t batch,
+                               int64_t num_indices, int32_t* staging, fib_plan_result* result) {
+  const fib_plan_config& c = *config;
+  fib_plan_result* r = result;
+  std::memset(r, 0, sizeof(*r));
+  if (batch < 0 || c.num_split_factors < 0 || c.num_split_factors > FIB_PLAN_MAX_FACTORS || c.num_kv_heads < 1 ||
+      c.num_qo_heads % c.num_kv_heads || c.page_size < 1 || c.cta_tile_kv < 1) {
+    return r->error = FIB_PLAN_BAD_CONFIG;
+  }
+  thread_local Lengths len;
+  len.windowed = false;
+  if ((r->error = visible_keys(c, kv_indptr, kv_last_page_len, batch, num_indices, len, r))) return r->error;
+  r->kv_used = kv_indptr[batch];
+  // scheduler.plan from here on
+  if (batch > c.cap_batch || batch > c.cap_tokens) {  // decode: one token per request
+    bool over_batch = batch > c.cap_batch;
+    r->values[0] = batch;
+    r->values[1] = over_batch ? c.cap_batch : c.cap_tokens;
+    return r->error = over_batch ? FIB_PLAN_BATCH_OVER : FIB_PLAN_TOKENS_OVER;
+  }
+  const int64_t group = c.num_qo_heads / c.num_kv_heads;
+  const Model m{c, c.partial_bytes_per_key_byte * group / (2 * c.kv_bytes), c.num_kv_heads,
+                static_cast<int64_t>(c.num_sms) * c.ctas_per_sm};
+  int64_t keys = 0, longest = 0;
+  for (int64_t i = 0; i < batch; ++i) {
+    int64_t span = len.hi[i] - len.lo[i];
+    keys += span;
+    longest = std::max(longest, span);
+  }
+  const double unsplit = m.attention_time(keys, batch, 0, longest + c.item_overhead);
+  Choice choice{0, unsplit};
+  if (c.split_kv && longest &&
+      m.spread(keys, batch, 0) + c.merge_launch < unsplit * (1.0 - c.min_gain)) {  // _Model.may_pay
+    std::vector<int64_t> sizes = chunk_candidates(keys, longest, batch, m);
+    if (!sizes.empty()) choice = choose_chunk(sizes, len, keys, longest, m, unsplit, r);
+  }
+  r->unsplit = unsplit;
+  r->chosen = choice.chosen;
+  r->chunk_size = static_cast<int32_t>(choice.chunk);
+
+  // the items, counted first: the grid must fit before anything is written
+  int64_t num_items = batch, num_rows = 0;
+  if (choice.chunk) {
+    int64_t split;
+    split_counts(len, choice.chunk, choice.chunk, &num_items, &split);
+    num_rows = split;
+  }
+  if (num_items > c.cap_work_items) {
+    r->values[0] = num_items;
+    r->values[1] = c.cap_work_items;
+    return r->error = FIB_PLAN_ITEMS_OVER;
+  }
+  const int64_t grid = c.fixed_grid ? c.cap_work_items : num_items;
+  const int64_t merge_len = (c.fixed_grid ? c.cap_tokens : batch) + 1;
+  const int64_t rows = (c.fixed_grid ? c.cap_batch : batch) + 1;  // kv_indptr entries (padded in graph mode)
+  Stager s{staging, 0, r};
+  int32_t* work = s.slot(FIB_SLOT_WORK, c.at_work, grid * kFields, static_cast<int64_t>(c.cap_work_items) * kFields);
+  int32_t* merge_indptr = work ? s.slot(FIB_SLOT_MERGE_INDPTR, c.at_merge_indptr, merge_len, c.cap_tokens + 1) : nullptr;
+  int32_t* merge_indices = merge_indptr ? s.slot(FIB_SLOT_MERGE_INDICES, c.at_merge_indices, num_rows, c.cap_partial_rows) : nullptr;
+  int32_t* indptr_out = merge_indices ? s.slot(FIB_SLOT_KV_INDPTR, c.at_kv_indptr, rows, c.cap_batch + 1) : nullptr;
+  int32_t* last_out = indptr_out ? s.slot(FIB_SLOT_KV_LAST_PAGE_LEN, c.at_kv_last_page_len, rows - 1, c.cap_batch) : nullptr;
+  int32_t* indices_out = nullptr;
+  if (last_out && kv_indices) indices_out = s.slot(FIB_SLOT_KV_INDICES, c.at_kv_indices, num_indices, c.cap_pages);
+  if (!last_out || (kv_indices && !indices_out)) return r->error = FIB_PLAN_SLOT_OVER;
+
+  if (choice.chunk) {
+    split_work(len, group, choice.chunk, work, merge_indptr);
+    for (int64_t i = 0; i < num_rows; ++i) merge_indices[i] = static_cast<int32_t>(i);
+  } else {
+    bool sort = longest + c.item_overhead > m.spread(keys, batch, 0);
+    unsplit_work(len, group, sort, work);
+    std::fill(merge_indptr, merge_indptr + batch + 1, 0);
+  }
+  write_padding(work, num_items, grid);
+  std::fill(merge_indptr + batch + 1, merge_indptr + merge_len, merge_indptr[batch]);
+  std::memcpy(indptr_out, kv_indptr, (batch + 1) * sizeof(int32_t));
+  std::fill(indptr_out + batch + 1, indptr_out + rows, kv_indptr[batch]);
+  std::memcpy(last_out, kv_last_page_len, batch * sizeof(int32_t));
+  std::fill(last_out + batch, last_out + rows - 1, batch ? kv_last_page_len[batch - 1] : 0);
+  if (indices_out) std::memcpy(indices_out, kv_indices, num_indices * sizeof(int32_t));
+
+  r->num_tokens = static_cast<int32_t>(batch);
+  r->num_items = static_cast<int32_t>(num_items);
+  r->grid = static_cast<int32_t>(grid);
+  r->merge_indptr_len = static_cast<int32_t>(merge_len);
+  r->num_partial_rows = static_cast<int32_t>(num_rows);
+  r->upload_bytes = s.end * 4;
+  return FIB_PLAN_OK;
+}

@@ -1,0 +1,160 @@
+"""The host planner in C++ (kernels/csrc/plan/decode_planner.cpp), through ctypes: a paged decode batch's
+validation, plan and staging in one foreign call.
+
+kernels/scheduler.py stays the specification (tests/unit/test_plan_native.py checks both write the same
+bytes); this module only turns its configuration into the C struct once per workspace layout, calls
+the planner, raises the Python planner's errors with its messages, and rebuilds a scheduler.Plan from
+the staging buffer when someone asks for it (plan_info).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+
+from . import abi, scheduler
+from .checks import InvalidArgument
+
+DECODE_SYMBOL = "fib_plan_decode"  # what a pack's manifest names under "planner": {"decode": ...}
+_SLOT_NAMES = ("work", "merge_indptr", "merge_indices", "kv_indptr", "kv_last_page_len", "kv_indices")
+
+
+def bind(function) -> ctypes._CFuncPtr:
+    """Declare fib_plan_decode's C signature on a ctypes function of a loaded library."""
+    p = ctypes.c_void_p
+    function.argtypes = [p, p, p, p, ctypes.c_int64, ctypes.c_int64, p, p]
+    function.restype = ctypes.c_int
+    return function
+
+
+def eligible(
+    kernel: scheduler.KernelShape, num_qo_heads: int, num_kv_heads: int, page_size: int, cost
+) -> bool:
+    """Whether the C planner covers this problem: one tile per request (the query heads of a KV head fit
+    one CTA), a valid page size and a cost model within the C struct. Else the Python planner runs."""
+    return (
+        num_kv_heads >= 1
+        and num_qo_heads % num_kv_heads == 0
+        and num_qo_heads // num_kv_heads <= kernel.cta_tile_q
+        and page_size >= 1
+        and len(cost.split_factors) <= abi.PLAN_MAX_FACTORS
+    )
+
+
+def config(
+    lay: scheduler.WorkspaceLayout,
+    kernel: scheduler.KernelShape,
+    *,
+    num_qo_heads: int,
+    num_kv_heads: int,
+    page_size: int,
+    window_left: int,
+    split_kv: bool,
+    fixed_grid: bool,
+    kv_bytes: int,
+    cost: scheduler.CostModel,
+) -> abi.PlanConfig:
+    """The C planner's view of one problem and workspace layout (the same for every batch planned in it)."""
+    cap = lay.capacity
+    slots = scheduler._metadata_slots(lay)
+    factors = (ctypes.c_double * abi.PLAN_MAX_FACTORS)(*cost.split_factors)
+    return abi.PlanConfig(
+        num_qo_heads=num_qo_heads,
+        num_kv_heads=num_kv_heads,
+        page_size=page_size,
+        window_left=window_left,
+        split_kv=int(split_kv),
+        fixed_grid=int(fixed_grid),
+        kv_bytes=kv_bytes,
+        num_sms=kernel.num_sms,
+        ctas_per_sm=kernel.ctas_per_sm,
+        cta_tile_q=kernel.cta_tile_q,
+        cta_tile_kv=kernel.cta_tile_kv,
+        cap_batch=cap.batch,
+        cap_tokens=cap.tokens,
+        cap_work_items=cap.work_items,
+        cap_partial_rows=cap.partial_rows,
+        cap_pages=cap.pages,
+        **{f"at_{name}": slots[name][0] for name in _SLOT_NAMES},
+        item_overhead=cost.item_overhead,
+        solo_speedup=cost.solo_speedup,
+        wave_fill=cost.wave_fill,
+        merge_launch=cost.merge_launch,
+        partial_bytes_per_key_byte=cost.partial_bytes_per_key_byte,
+        min_gain=cost.min_gain,
+        num_split_factors=len(cost.split_factors),
+        split_factors=factors,
+    )
+
+
+def error(result: abi.PlanResult) -> Exception:
+    """The exception the Python path (wrapper_engine.paged_lengths, scheduler.plan, pack_metadata) raises
+    for the same input."""
+    code, (a, b, c) = result.error, tuple(result.values)
+    if code == abi.PLAN_INDPTR_START:
+        return InvalidArgument("kv_indptr must start at 0 and hold batch_size + 1 entries")
+    if code == abi.PLAN_INDPTR_DECREASES:
+        return InvalidArgument("kv_indptr must be non-decreasing")
+    if code == abi.PLAN_INDPTR_EXCEEDS:
+        return InvalidArgument(f"kv_indptr[-1] = {a} exceeds the {b} entries it indexes")
+    if code == abi.PLAN_LAST_PAGE_LEN:
+        return InvalidArgument(f"kv_last_page_len must lie in [1, page_size = {a}]")
+    if code == abi.PLAN_BATCH_OVER:
+        return scheduler.batch_over_capacity(a, b)
+    if code == abi.PLAN_TOKENS_OVER:
+        return scheduler.tokens_over_capacity(a, b)
+    if code == abi.PLAN_ITEMS_OVER:
+        return scheduler.items_over_capacity(a, b)
+    if code == abi.PLAN_SLOT_OVER:
+        return scheduler.slot_overflow(_SLOT_NAMES[a], b, c)
+    return RuntimeError(f"the C planner refused its configuration (error {code}): a flashinfer-build bug")
+
+
+class NativePlan:
+    """A plan the C planner wrote into the staging buffer: its counts, and the scheduler.Plan rebuilt from
+    the staging buffer on request (valid until the next plan rewrites that buffer)."""
+
+    __slots__ = (
+        "num_items",
+        "grid",
+        "merge_indptr_len",
+        "num_partial_rows",
+        "split",
+        "_result",
+        "_staging",
+        "_cfg",
+    )
+
+    def __init__(self, result: abi.PlanResult, staging: np.ndarray, cfg: abi.PlanConfig):
+        self.num_items, self.grid = result.num_items, result.grid
+        self.merge_indptr_len, self.num_partial_rows = result.merge_indptr_len, result.num_partial_rows
+        self.split = result.chunk_size > 0
+        self._result, self._staging, self._cfg = result, staging, cfg
+
+    def to_plan(self) -> scheduler.Plan:
+        r, host, cfg = self._result, self._staging, self._cfg
+        work = host[cfg.at_work : cfg.at_work + self.grid * abi.WORK_ITEM_FIELDS].reshape(
+            self.grid, abi.WORK_ITEM_FIELDS
+        )
+        n = r.num_candidates
+        return scheduler.Plan(
+            work=work.copy(),
+            num_items=self.num_items,
+            merge_indptr=host[cfg.at_merge_indptr :][: self.merge_indptr_len].copy(),
+            merge_indices=host[cfg.at_merge_indices :][: self.num_partial_rows].copy(),
+            num_partial_rows=self.num_partial_rows,
+            chunk_size=r.chunk_size,
+            num_tokens=r.num_tokens,
+            estimate=scheduler.Estimate(
+                r.unsplit, r.chosen, tuple(zip(r.candidate_sizes[:n], r.candidate_times[:n], strict=True))
+            ),
+        )
+
+
+@functools.cache
+def host_library(path: str) -> ctypes._CFuncPtr:
+    """fib_plan_decode from a shared object at `path` (a pack's library, or a host-only build of the
+    planner: wheelbuild.planner.build_host_library)."""
+    return bind(getattr(ctypes.CDLL(path), DECODE_SYMBOL))
