@@ -22,12 +22,16 @@ import json
 import platform
 import pstats
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import torch
-from flashinfer_build.kernels import scheduler, wrapper_engine, wrappers
+from flashinfer_build.kernels import native_plan, scheduler, wrapper_engine, wrappers
+from flashinfer_build.wheelbuild import planner as planner_build
+from flashinfer_build.wheelbuild.options import BuildOptions
 
 HQ, HKV, D, PAGE, BATCH = 32, 8, 128, 16, 256
 H100_DECODE = scheduler.KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=4, cta_tile_kv=64)
@@ -37,11 +41,11 @@ H100_PREFILL = scheduler.KernelShape(num_sms=132, ctas_per_sm=1, cta_tile_q=128,
 class HostStaging(wrapper_engine.Staging):
     """Staging without a GPU: a plain host buffer; the upload (a DMA on a GPU) does nothing."""
 
+    pinned = False
+
     def reserve(self, nbytes: int) -> np.ndarray:
         if self.host.numel() * 4 < nbytes:
-            self.host = torch.empty(max(nbytes // 4, 2 * self.host.numel()), dtype=torch.int32)
-            self.array = self.host.numpy()
-            self.bytes = self.host.view(torch.uint8)
+            self._allocate(max(nbytes // 4, 2 * self.host.numel()))
         return self.array
 
     def upload(self, workspace: torch.Tensor, nbytes: int) -> None:
@@ -49,8 +53,9 @@ class HostStaging(wrapper_engine.Staging):
 
 
 @contextlib.contextmanager
-def host_seams():
-    """The wrappers with their device-touching pieces replaced by host stand-ins (module docstring)."""
+def host_seams(planner=None):
+    """The wrappers with their device-touching pieces replaced by host stand-ins (module docstring);
+    `planner`: the C decode planner to plan with (None: the Python planner)."""
 
     def shape(variant, device_index):
         return H100_DECODE if variant.family == "decode" else H100_PREFILL
@@ -58,9 +63,19 @@ def host_seams():
     with (
         mock.patch.object(wrapper_engine, "check_workspace", lambda workspace: None),
         mock.patch.object(wrapper_engine, "kernel_shape", shape),
+        mock.patch.object(wrapper_engine, "decode_planner", lambda variant, device_index: planner),
         mock.patch.object(wrapper_engine, "Staging", HostStaging),
     ):
         yield
+
+
+def host_planner(path: str | None):
+    """The C planner from a shared object (a kernel pack's library), or built here with the host C++
+    compiler (wheelbuild.planner.build_host_library)."""
+    if path is None:
+        out = Path(tempfile.mkdtemp(prefix="fib-plan-")) / "libfib_plan.so"
+        path = str(planner_build.build_host_library(BuildOptions().csrc_dir, out))
+    return native_plan.host_library(path)
 
 
 def workspace(nbytes: int) -> torch.Tensor:
@@ -131,26 +146,33 @@ def prefill_call(kv_lens, rng, q_len=16):
     return w, lambda: w.plan(*args, **kw)
 
 
-def run(calls):
-    rng = np.random.default_rng(0)
+def run(calls, planner):
+    """Rows of (workload, call, planner, us): each decode call with the Python and the C planner."""
     rows = []
-    with host_seams():
-        for name, kv_lens in workloads(rng).items():
-            w, fns = decode_calls(kv_lens, rng)
-            for label, fn in fns:
-                rows.append({"workload": name, "call": label, "us": round(median_us(fn, calls), 1)})
-            rows[-3]["split"] = rows[-2]["split"] = w.plan_info.split
-            pw, fn = prefill_call(kv_lens, rng)
-            rows.append(
-                {"workload": name, "call": "prefill q_len 16, causal", "us": round(median_us(fn, calls), 1)}
-            )
-            rows[-1]["split"] = pw.plan_info.split
+    for which, fn_ in (("python", None), ("C", planner)):
+        rng = np.random.default_rng(0)
+        with host_seams(fn_):
+            for name, kv_lens in workloads(rng).items():
+                w, fns = decode_calls(kv_lens, rng)
+                for label, fn in fns[:2]:
+                    us = round(median_us(fn, calls), 1)
+                    rows.append({"workload": name, "call": label, "planner": which, "us": us})
+                    rows[-1]["split"] = w.plan_info.split
+                if which == "python":
+                    us = round(median_us(fns[2][1], calls), 1)
+                    rows.append({"workload": name, "call": fns[2][0], "planner": which, "us": us})
+                    pw, fn = prefill_call(kv_lens, rng)
+                    us = round(median_us(fn, calls), 1)
+                    rows.append(
+                        {"workload": name, "call": "prefill q_len 16, causal", "planner": which, "us": us}
+                    )
+                    rows[-1]["split"] = pw.plan_info.split
     return rows
 
 
-def profile(name, calls):
+def profile(name, calls, planner):
     rng = np.random.default_rng(0)
-    with host_seams():
+    with host_seams(planner):
         _, fns = decode_calls(workloads(rng)[name], rng)
         fn = fns[0][1]
         fn()
@@ -167,19 +189,22 @@ def main():
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--profile", metavar="WORKLOAD", help="cProfile the decode plan of one workload")
+    parser.add_argument("--python", action="store_true", help="with --profile: the Python planner")
+    parser.add_argument("--planner", help="a shared object with the C planner (default: build it here)")
     args = parser.parse_args()
+    planner = host_planner(args.planner)
     if args.profile:
-        profile(args.profile, args.calls)
+        profile(args.profile, args.calls, None if args.python else planner)
         return
-    rows = run(args.calls)
+    rows = run(args.calls, planner)
     meta = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine()}
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**meta, "rows": rows}, f, indent=2)
     print(f"plan host time at batch {BATCH}, {meta['date']}, {meta['cpu']}, median of {args.calls} calls")
-    print(f"{'workload':22} {'call':32} {'us':>7}  split")
-    for r in rows:
-        print(f"{r['workload']:22} {r['call']:32} {r['us']:7.1f}  {r.get('split', '')}")
+    print(f"{'workload':22} {'call':32} {'planner':7} {'us':>7}  split")
+    for r in sorted(rows, key=lambda r: (r["workload"], r["call"])):
+        print(f"{r['workload']:22} {r['call']:32} {r['planner']:7} {r['us']:7.1f}  {r.get('split', '')}")
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ def bind(function) -> ctypes._CFuncPtr:
     return function
 
 
-def eligible(
-    kernel: scheduler.KernelShape, num_qo_heads: int, num_kv_heads: int, page_size: int, cost
-) -> bool:
-    """Whether the C planner covers this problem: one tile per request (the query heads of a KV head fit
-    one CTA), a valid page size and a cost model within the C struct. Else the Python planner runs."""
+def eligible(variant, kernel: scheduler.KernelShape, num_qo_heads, num_kv_heads, page_size, cost) -> bool:
+    """Whether the C planner covers this decode problem: no custom mask (uploaded apart), one tile per
+    request (the query heads of a KV head fit one CTA), a valid page size and a cost model within the C
+    struct. Else the Python planner runs."""
     return (
-        num_kv_heads >= 1
+        variant.mask != "custom"
+        and num_kv_heads >= 1
         and num_qo_heads % num_kv_heads == 0
         and num_qo_heads // num_kv_heads <= kernel.cta_tile_q
         and page_size >= 1

@@ -10,13 +10,14 @@ validates every argument there), then reused by every later run with the same te
 
 from __future__ import annotations
 
+import ctypes
 import functools
 
 import numpy as np
 import torch
 
 from ..variants import Variant
-from . import abi, ops, scheduler
+from . import abi, loader, native_plan, ops, scheduler
 from .checks import InvalidArgument, check_scalar
 
 DTYPE_NAMES = {
@@ -225,25 +226,35 @@ class Staging:
     """The pinned host buffer plans are written into, and the event of its last upload: the buffer is
     reused, so a new plan first waits for the previous upload (long finished in practice)."""
 
+    pinned = True
+
     def __init__(self) -> None:
-        self.host = torch.empty(0, dtype=torch.int32)
+        self._allocate(0)
+        self.uploaded: torch.cuda.Event | None = None
+
+    def _allocate(self, entries: int) -> None:
+        self.host = torch.empty(entries, dtype=torch.int32, pin_memory=self.pinned and entries > 0)
         self.array = self.host.numpy()
         self.bytes = self.host.view(torch.uint8)
-        self.uploaded: torch.cuda.Event | None = None
+        self.ptr = self.host.data_ptr()  # for the C planner
+        # (workspace, staging) slices of each upload size: slicing a tensor costs ~1 us per call, and a
+        # workspace layout always uploads the same size
+        self.slices: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def reserve(self, nbytes: int) -> np.ndarray:
         if self.uploaded is not None and not self.uploaded.query():
             self.uploaded.synchronize()
         if self.host.numel() * 4 < nbytes:
-            self.host = torch.empty(
-                max(nbytes // 4, 2 * self.host.numel()), dtype=torch.int32, pin_memory=True
-            )
-            self.array = self.host.numpy()
-            self.bytes = self.host.view(torch.uint8)
+            self._allocate(max(nbytes // 4, 2 * self.host.numel()))
         return self.array
 
     def upload(self, workspace: torch.Tensor, nbytes: int) -> None:
-        workspace[:nbytes].copy_(self.bytes[:nbytes], non_blocking=True)
+        pair = self.slices.get(nbytes)
+        if pair is None:
+            if len(self.slices) >= 64:
+                self.slices.clear()
+            pair = self.slices[nbytes] = (workspace[:nbytes], self.bytes[:nbytes])
+        pair[0].copy_(pair[1], non_blocking=True)
         if self.uploaded is None:
             self.uploaded = torch.cuda.Event()
         self.uploaded.record()
@@ -287,7 +298,8 @@ class Engine:
         self.max_pages = max_num_pages or 0
         self.staging = Staging()
         self.fixed: tuple | None = None  # graph mode: (problem key, layout) of the first plan
-        self.plan_: scheduler.Plan | None = None
+        self.native: tuple | None = None  # (problem key, _NativeDecode or None) of the last decode plan
+        self.plan_: scheduler.Plan | native_plan.NativePlan | None = None
         self.prepared: dict = {}
         self.views: dict | None = None
         self.device_index = workspace.device.index if workspace.device.index is not None else 0
@@ -309,6 +321,12 @@ class Engine:
         custom_mask=None,
     ):
         decode = self.family == "decode"
+        if decode and self.paged and knobs["alibi_slopes"] is None:
+            native = self._native_decode(variant, num_qo_heads, num_kv_heads, page_size, split_kv, knobs)
+            if native is not None and self._plan_native(
+                native, kv_indptr, kv_indices, kv_last_page_len, knobs
+            ):
+                return
         kv_ptr = host_index("kv_indptr", kv_indptr)
         batch = kv_ptr.shape[0] - 1
         indices_on_device = (
@@ -351,12 +369,7 @@ class Engine:
                 num_qo_heads,
                 variant.head_dim,
             )
-            if self.workspace_bytes < lay.total_bytes:
-                pages = f" with max_num_pages >= {host_pages} (kv_indices given on the host are copied in)"
-                raise InvalidArgument(
-                    f"workspace holds {self.workspace_bytes} bytes but this batch needs {lay.total_bytes}: "
-                    f"allocate workspace_size(...{pages if host_pages else ''}) bytes for your largest batch"
-                )
+            self._check_workspace_fits(lay, host_pages)
         p = scheduler.plan(
             None if decode else np.diff(qo_ptr),
             kv_lens,
@@ -387,6 +400,7 @@ class Engine:
             self._indices_from_device(kv_indices, lay, num_indices)
 
         self.plan_, self.variant, self.layout, self.rows = p, variant, lay, rows
+        self.counts = (p.work.shape[0], p.merge_indptr.shape[0])
         self.split = self.graph or p.split
         self.user_indices = kv_indices if indices_on_device and not self.graph else None
         self.knobs = self._device_knobs(knobs, custom_mask, qo_ptr, kv_lens)
@@ -394,6 +408,105 @@ class Engine:
         self.bounds = (num_tokens, 0 if self.paged else int(kv_ptr[-1]), host_indices, int(kv_ptr[-1]))
         if not self.graph:
             self.prepared, self.views = {}, None
+
+    @property
+    def plan_info(self) -> scheduler.Plan | None:
+        if isinstance(self.plan_, native_plan.NativePlan):
+            self.plan_ = self.plan_.to_plan()  # before the next plan rewrites the staging buffer
+        return self.plan_
+
+    def _native_decode(self, variant, num_qo_heads, num_kv_heads, page_size, split_kv, knobs):
+        """The C planner set up for this problem (None where it does not apply: the Python path plans).
+        Cached for the wrapper's last problem: a serving loop plans the same one for every step."""
+        key = (variant, num_qo_heads, num_kv_heads, page_size, split_kv, *_knob_values(knobs))
+        if self.native is not None and self.native[0] == key:
+            return self.native[1]
+        check_knobs(variant, knobs, num_qo_heads)
+        kernel = kernel_shape(variant, self.device_index)
+        fn = decode_planner(variant, self.device_index)
+        native = None
+        cost = scheduler.DEFAULT_COST
+        if fn is not None and native_plan.eligible(
+            variant, kernel, num_qo_heads, num_kv_heads, page_size, cost
+        ):
+            native = _NativeDecode(
+                fn, kernel, variant, num_qo_heads, num_kv_heads, page_size, split_kv, knobs["window_left"]
+            )
+        self.native = (key, native)
+        return native
+
+    def _plan_native(self, native, kv_indptr, kv_indices, kv_last_page_len, knobs) -> bool:
+        """Engine.plan through the C planner: False (nothing done) for inputs it does not take as they
+        are (lists, int64, CUDA index arrays...), which the Python path converts and checks."""
+        indptr, last = _int32_host(kv_indptr), _int32_host(kv_last_page_len)
+        if indptr is None or last is None or last[1] != indptr[1] - 1:
+            return False
+        batch = last[1]
+        on_device = isinstance(kv_indices, torch.Tensor) and kv_indices.device.type == self.device_type
+        if on_device:
+            indices, num_indices = None, kv_indices.shape[0]
+        else:
+            host = _int32_host(kv_indices)
+            if host is None:
+                return False
+            indices, num_indices = host
+        if self.graph and num_indices > self.max_pages:
+            raise InvalidArgument(
+                f"{num_indices} kv_indices exceed the wrapper's max_num_pages {self.max_pages}"
+            )
+        key = None if self.graph else (batch, 0 if on_device else num_indices)
+        entry = native.entries.get(key)
+        if entry is None:
+            entry = native.add(key, self._native_layout(native, batch, key), self.graph)
+        lay, cfg_ref, cfg = entry
+        self.staging.reserve(lay.metadata_bytes)
+        result = abi.PlanResult()
+        ref = ctypes.byref(result)
+        if native.fn(cfg_ref, indptr[0], last[0], indices, batch, num_indices, self.staging.ptr, ref):
+            raise native_plan.error(result)
+        self.staging.upload(self.workspace, result.upload_bytes)
+        if on_device:
+            self._indices_from_device(kv_indices, lay, num_indices)
+
+        self.plan_ = native_plan.NativePlan(result, self.staging.array, cfg)
+        self.variant, self.layout = native.variant, lay
+        self.rows = lay.capacity.batch + 1 if self.graph else batch + 1
+        self.counts = (result.grid, result.merge_indptr_len)
+        self.split = self.graph or result.chunk_size > 0
+        self.user_indices = kv_indices if on_device and not self.graph else None
+        self.knobs = knobs
+        self.bounds = (batch, 0, None if on_device else kv_indices, result.kv_used)
+        if not self.graph:
+            self.prepared, self.views = {}, None
+        return True
+
+    def _native_layout(self, native, batch, key):
+        """The layout the Python path would size for this batch (graph mode: the fixed one)."""
+        if key is None:
+            return self._fixed_layout(native.variant, native.num_qo_heads, native.num_kv_heads, native.kernel)
+        k, host_pages = native.kernel, key[1]
+        n = max(batch, 1)
+        lay = _layout(
+            n,
+            n,
+            native.num_qo_heads // native.num_kv_heads,
+            k.cta_tile_q,
+            k.num_sms,
+            True,
+            host_pages,
+            native.num_qo_heads,
+            native.variant.head_dim,
+        )
+        self._check_workspace_fits(lay, host_pages)
+        return lay
+
+    def _check_workspace_fits(self, lay, host_pages):
+        if self.workspace_bytes < lay.total_bytes:
+            pages = f" with max_num_pages >= {host_pages} (kv_indices given on the host are copied in)"
+            raise InvalidArgument(
+                f"workspace holds {self.workspace_bytes} bytes but this batch needs {lay.total_bytes}: "
+                f"allocate workspace_size(...{pages if host_pages else ''}) bytes for your largest batch"
+            )
 
     def _fixed_layout(self, variant, num_qo_heads, num_kv_heads, kernel):
         key = (variant, num_qo_heads, num_kv_heads)
@@ -568,13 +681,12 @@ class Engine:
             return ws[offset : offset + count * 4].view(dtype)  # int32 and float32 alike
 
         cap = lay.capacity
+        grid, merge_rows = self.counts
         views = {
-            "work": view(lay.work, p.work.size).view(-1, abi.WORK_ITEM_FIELDS),
+            "work": view(lay.work, grid * abi.WORK_ITEM_FIELDS).view(-1, abi.WORK_ITEM_FIELDS),
             "kv_indptr": view(lay.kv_indptr, rows),
-            "merge_indptr": view(lay.merge_indptr, p.merge_indptr.shape[0]),
-            "merge_indices": view(
-                lay.merge_indices, cap.partial_rows if self.graph else p.merge_indices.shape[0]
-            ),
+            "merge_indptr": view(lay.merge_indptr, merge_rows),
+            "merge_indices": view(lay.merge_indices, cap.partial_rows if self.graph else p.num_partial_rows),
         }
         if self.paged:
             views["kv_last_page_len"] = view(lay.kv_last_page_len, rows - 1)
@@ -590,6 +702,68 @@ class Engine:
             )
             views["partial_lse"] = view(lay.partial_lse, partial_rows * heads, torch.float32).view(-1, heads)
         return views
+
+
+def _knob_values(kn: dict) -> tuple:
+    return (
+        kn["sm_scale"],
+        kn["logits_soft_cap"],
+        kn["rope_scale"],
+        kn["rope_theta"],
+        kn["k_scale"],
+        kn["v_scale"],
+        kn["window_left"],
+    )
+
+
+def _int32_host(values) -> tuple[int, int] | None:
+    """(address, length) of a 1-D contiguous int32 CPU tensor or numpy array, else None."""
+    if type(values) is torch.Tensor:
+        if values.dtype is torch.int32 and values.is_cpu and values.dim() == 1 and values.is_contiguous():
+            return values.data_ptr(), values.shape[0]
+        return None
+    if (
+        type(values) is np.ndarray
+        and values.dtype == np.int32
+        and values.ndim == 1
+        and values.flags.c_contiguous
+    ):
+        return values.ctypes.data, values.shape[0]
+    return None
+
+
+@functools.cache
+def decode_planner(variant: Variant, device_index: int):
+    """The C decode planner of the pack that runs `variant` on this GPU, or None (a pack without it)."""
+    compiled = loader.find_kernel(variant, torch.cuda.get_device_capability(device_index))
+    fn = compiled.pack.planner("decode")
+    return None if fn is None else native_plan.bind(fn)
+
+
+class _NativeDecode:
+    """One decode problem's C planner: its function and, per workspace layout, the config struct."""
+
+    def __init__(self, fn, kernel, variant, num_qo_heads, num_kv_heads, page_size, split_kv, window_left):
+        self.fn, self.kernel, self.variant = fn, kernel, variant
+        self.num_qo_heads, self.num_kv_heads = num_qo_heads, num_kv_heads
+        self.problem = dict(
+            num_qo_heads=num_qo_heads,
+            num_kv_heads=num_kv_heads,
+            page_size=page_size,
+            window_left=window_left,
+            split_kv=split_kv,
+            kv_bytes=KV_BYTES[variant.kv_dtype],
+            cost=scheduler.DEFAULT_COST,
+        )
+        # per batch size and host page count (graph mode: key None): (layout, config reference, config)
+        self.entries: dict[tuple[int, int] | None, tuple] = {}
+
+    def add(self, key, lay: scheduler.WorkspaceLayout, fixed_grid: bool) -> tuple:
+        cfg = native_plan.config(lay, self.kernel, fixed_grid=fixed_grid, **self.problem)
+        if len(self.entries) >= 64:
+            self.entries.clear()
+        entry = self.entries[key] = (lay, ctypes.byref(cfg), cfg)
+        return entry
 
 
 def pack_mask(custom_mask, qo_lens, kv_lens, device):

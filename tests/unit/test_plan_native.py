@@ -5,30 +5,17 @@ the Python path's errors. Built here with the host C++ compiler (packs link the 
 from __future__ import annotations
 
 import ctypes
-import shutil
 
 import numpy as np
 import pytest
 from flashinfer_build.kernels import abi, native_plan, scheduler
 from flashinfer_build.kernels.checks import InvalidArgument
 from flashinfer_build.kernels.scheduler import CostModel, KernelShape
-from flashinfer_build.wheelbuild import planner
-from flashinfer_build.wheelbuild.options import BuildOptions
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 SLOW = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=1000)
 CHEAP_SPLITS = CostModel(item_overhead=1.0, merge_launch=0.0, min_gain=0.0)
-
-
-@pytest.fixture(scope="module")
-def plan_fn(tmp_path_factory):
-    compiler = shutil.which("c++")
-    if compiler is None:
-        pytest.skip("no host C++ compiler")
-    out = tmp_path_factory.mktemp("planner") / "libfib_plan.so"
-    planner.build_host_library(BuildOptions().csrc_dir, out, compiler)
-    return native_plan.host_library(str(out))
 
 
 def paged(kv_lens, page_size, rng):
