@@ -1,16 +1,21 @@
-"""Host time of the wrappers' `plan` at batch 256 (issue 4: under 50 us), on the CPU: no GPU needed.
+"""Host time of the wrappers' `plan` at batch 256 (issue 4: under 50 us), with the Python planner
+(kernels/scheduler.py) and the C planner (kernels/csrc/plan, kernels/native_plan.py).
 
-    python benchmarks/plan_time.py [--calls N] [--json FILE] [--profile WORKLOAD]
+    python benchmarks/plan_time.py [--calls N] [--json FILE] [--planner LIB] [--profile WORKLOAD [--python]]
+    FLASHINFER_BUILD_PACK=build python benchmarks/plan_time.py --gpu      # on a GPU machine
 
-Times the whole user-facing path, BatchDecodeWrapper.plan and BatchPrefillWrapper.plan (argument
-checks, variant lookup, scheduler.plan, packing the staging buffer, the upload call), with the three
-device-touching seams of kernels/wrapper_engine.py replaced by host stand-ins: the workspace is a CPU
-tensor (check_workspace), the kernel shape is an H100's decode/prefill kernel (kernel_shape), and the
-staging buffer is plain host memory whose upload is not timed (Staging: on a GPU it is one
-asynchronous copy, a few microseconds of launch that this CPU cannot measure). kv_indices are given
-"on the device" (a tensor on the workspace's device, used in place, as serving stacks keep them) and
-on the host (numpy, copied into the workspace). Medians over --calls calls after a warm-up;
-scheduler.plan alone is timed too.
+Without --gpu, on the CPU: times the whole user-facing path, BatchDecodeWrapper.plan and
+BatchPrefillWrapper.plan (argument checks, variant lookup, planning, packing the staging buffer, the
+upload call), with the device-touching seams of kernels/wrapper_engine.py replaced by host stand-ins:
+the workspace is a CPU tensor (check_workspace), the kernel shape is an H100's decode/prefill kernel
+(kernel_shape), the C planner is built here with the host compiler (decode_planner; or --planner), and
+the staging buffer is plain host memory whose upload is not timed (Staging: on a GPU it is one
+asynchronous copy). kv_indices are given "on the device" (a tensor on the workspace's device, used in
+place, as serving stacks keep them) and on the host (copied into the workspace). Medians over --calls
+calls after a warm-up; scheduler.plan alone is timed too.
+
+With --gpu nothing is stubbed (run_gpu): the same decode plans through the pack's planner, upload
+included, and a check that each plan's attention output equals the Python plan's.
 """
 
 from __future__ import annotations
@@ -170,6 +175,63 @@ def run(calls, planner):
     return rows
 
 
+def run_gpu(calls):
+    """On a GPU, nothing stubbed: each decode workload planned by the Python planner, by the pack's C
+    planner with torch's upload ("C") and with its own (one foreign call, "C+upload"), kv_indices on the
+    device and on the host; torch's upload alone; and the attention output of each plan (equal bit for
+    bit: the plans are the same)."""
+    real = wrapper_engine.decode_planner
+
+    def plan_only(variant, device_index):
+        planner = real(variant, device_index)
+        return planner and native_plan.Planner(planner.plan)
+
+    planners = {"python": lambda variant, device_index: None, "C": plan_only, "C+upload": real}
+    rng = np.random.default_rng(0)
+    rows, checks = [], []
+    q = torch.randn(BATCH, HQ, D, device="cuda", dtype=torch.bfloat16)
+    for name, kv_lens in workloads(rng).items():
+        indptr, indices, last = paged(kv_lens, rng)
+        size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=BATCH, max_num_pages=indices.shape[0])
+        t_indptr, t_last, t_indices = (torch.from_numpy(a) for a in (indptr, last, indices))
+        d_indices = t_indices.cuda()
+        k = torch.randn(indices.shape[0], PAGE, HKV, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        outs = {}
+        for which, planner in planners.items():
+            with mock.patch.object(wrapper_engine, "decode_planner", planner):
+                w = wrappers.BatchDecodeWrapper(torch.empty(size, dtype=torch.uint8, device="cuda"))
+                for where, ids in (("device", d_indices), ("host", t_indices)):
+
+                    def plan(w=w, ptr=t_indptr, ids=ids, last=t_last):
+                        w.plan(ptr, ids, last, HQ, HKV, D, PAGE)
+
+                    us = round(median_us(plan, calls), 1)
+                    call = f"decode, kv_indices on {where}"
+                    rows.append({"workload": name, "call": call, "planner": which, "us": us})
+                    rows[-1]["split"] = w.plan_info.split
+                w.plan(t_indptr, d_indices, t_last, HQ, HKV, D, PAGE)
+                native = w._engine.native[1]
+                assert (native is None) == (which == "python"), f"{which}: wrong planner"
+                assert which == "python" or (native.upload is not None) == (which == "C+upload")
+                outs[which] = w.run(q, (k, v))
+                if which == "C":
+                    e = w._engine
+                    nbytes = e.counts[0] * 24  # about what a plan uploads: its work list and small arrays
+
+                    def upload(staging=e.staging, e=e, nbytes=nbytes):
+                        staging.reserve(nbytes)
+                        staging.upload(e.workspace, nbytes)
+
+                    us = round(median_us(upload, calls), 1)
+                    rows.append({"workload": name, "call": "torch upload alone", "planner": "-", "us": us})
+        torch.cuda.synchronize()
+        for which in ("C", "C+upload"):
+            checks.append((name, which, torch.equal(outs["python"], outs[which])))
+        del k, v
+    return rows, checks
+
+
 def profile(name, calls, planner):
     rng = np.random.default_rng(0)
     with host_seams(planner):
@@ -191,7 +253,26 @@ def main():
     parser.add_argument("--profile", metavar="WORKLOAD", help="cProfile the decode plan of one workload")
     parser.add_argument("--python", action="store_true", help="with --profile: the Python planner")
     parser.add_argument("--planner", help="a shared object with the C planner (default: build it here)")
+    parser.add_argument("--gpu", action="store_true", help="on the GPU, with the pack's planner (no seams)")
     args = parser.parse_args()
+    if args.gpu:
+        rows, checks = run_gpu(args.calls)
+        cpu = next(
+            (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), ""
+        )
+        print(
+            f"plan wall time at batch {BATCH}, {time.strftime('%Y-%m-%d')}, {torch.cuda.get_device_name()}, "
+            f"host {cpu}, median of {args.calls} calls"
+        )
+        print_rows(rows)
+        for name, which, equal in checks:
+            print(
+                f"{name}: output of the {which} plan {'equals' if equal else 'DIFFERS FROM'} the Python one's"
+            )
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"rows": rows, "checks": checks, "host": cpu}, f, indent=2)
+        return
     planner = host_planner(args.planner)
     if args.profile:
         profile(args.profile, args.calls, None if args.python else planner)
@@ -202,9 +283,13 @@ def main():
         with open(args.json, "w") as f:
             json.dump({**meta, "rows": rows}, f, indent=2)
     print(f"plan host time at batch {BATCH}, {meta['date']}, {meta['cpu']}, median of {args.calls} calls")
-    print(f"{'workload':22} {'call':32} {'planner':7} {'us':>7}  split")
+    print_rows(rows)
+
+
+def print_rows(rows):
+    print(f"{'workload':22} {'call':38} {'planner':7} {'us':>7}  split")
     for r in sorted(rows, key=lambda r: (r["workload"], r["call"])):
-        print(f"{r['workload']:22} {r['call']:32} {r['planner']:7} {r['us']:7.1f}  {r.get('split', '')}")
+        print(f"{r['workload']:22} {r['call']:38} {r['planner']:7} {r['us']:7.1f}  {r.get('split', '')}")
 
 
 if __name__ == "__main__":

@@ -116,7 +116,8 @@ PLAN_MAX_FACTORS = 8
     PLAN_ITEMS_OVER,
     PLAN_SLOT_OVER,
     PLAN_BAD_CONFIG,
-) = range(10)
+    PLAN_CUDA,
+) = range(11)
 
 
 class PlanConfig(C.Structure):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,13 +20,26 @@ from .checks import InvalidArgument
 
 DECODE_SYMBOL = "fib_plan_decode"  # what a pack's manifest names under "planner": {"decode": ...}
 _SLOT_NAMES = ("work", "merge_indptr", "merge_indices", "kv_indptr", "kv_last_page_len", "kv_indices")
+_ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2
+
+
+class Planner(NamedTuple):
+    """A pack's decode planner: `plan` (fib_plan_decode) and, where the pack has it, `upload`
+    (fib_plan_decode_upload: the plan and its upload in one call)."""
+
+    plan: ctypes._CFuncPtr
+    upload: ctypes._CFuncPtr | None = None
 
 
 def bind(function) -> ctypes._CFuncPtr:
     """Declare fib_plan_decode's C signature on a ctypes function of a loaded library."""
-    p = ctypes.c_void_p
-    function.argtypes = [p, p, p, p, ctypes.c_int64, ctypes.c_int64, p, p]
-    function.restype = ctypes.c_int
+    function.argtypes, function.restype = _ARGS, ctypes.c_int
+    return function
+
+
+def bind_upload(function) -> ctypes._CFuncPtr:
+    """Declare fib_plan_decode_upload's C signature (fib_plan_decode's, then workspace, stream, event)."""
+    function.argtypes, function.restype = _ARGS + [ctypes.c_void_p] * 3, ctypes.c_int
     return function
 
 
@@ -109,6 +123,10 @@ def error(result: abi.PlanResult) -> Exception:
         return scheduler.items_over_capacity(a, b)
     if code == abi.PLAN_SLOT_OVER:
         return scheduler.slot_overflow(_SLOT_NAMES[a], b, c)
+    if code == abi.PLAN_CUDA:
+        from .loader import KernelLaunchError, describe_cuda_error
+
+        return KernelLaunchError(f"uploading the plan: {describe_cuda_error(a)}")
     return RuntimeError(f"the C planner refused its configuration (error {code}): a flashinfer-build bug")
 
 
@@ -154,7 +172,7 @@ class NativePlan:
 
 
 @functools.cache
-def host_library(path: str) -> ctypes._CFuncPtr:
-    """fib_plan_decode from a shared object at `path` (a pack's library, or a host-only build of the
-    planner: wheelbuild.planner.build_host_library)."""
-    return bind(getattr(ctypes.CDLL(path), DECODE_SYMBOL))
+def host_library(path: str) -> Planner:
+    """The planner of a host-only build of it at `path` (wheelbuild.planner.build_host_library): no
+    upload entry point, the engine uploads through torch."""
+    return Planner(bind(getattr(ctypes.CDLL(path), DECODE_SYMBOL)))

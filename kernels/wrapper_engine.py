@@ -244,9 +244,24 @@ class Staging:
     def reserve(self, nbytes: int) -> np.ndarray:
         if self.uploaded is not None and not self.uploaded.query():
             self.uploaded.synchronize()
+        return self.grow(nbytes)
+
+    def grow(self, nbytes: int) -> np.ndarray:
+        """A buffer of at least nbytes (the caller has waited for the last upload, or leaves that wait
+        to the C planner: then a buffer that must grow is first waited for here)."""
         if self.host.numel() * 4 < nbytes:
+            if self.uploaded is not None:
+                self.uploaded.synchronize()
             self._allocate(max(nbytes // 4, 2 * self.host.numel()))
         return self.array
+
+    def event(self) -> int:
+        """The raw handle of the upload event, for the C planner's upload (recorded once, so that it exists
+        and the first wait returns at once)."""
+        if self.uploaded is None:
+            self.uploaded = torch.cuda.Event()
+            self.uploaded.record()
+        return self.uploaded.cuda_event
 
     def upload(self, workspace: torch.Tensor, nbytes: int) -> None:
         pair = self.slices.get(nbytes)
@@ -304,6 +319,7 @@ class Engine:
         self.views: dict | None = None
         self.device_index = workspace.device.index if workspace.device.index is not None else 0
         self.device_type, self.workspace_bytes = workspace.device.type, workspace.numel()
+        self.workspace_ptr = workspace.data_ptr()
 
     def plan(
         self,
@@ -423,14 +439,23 @@ class Engine:
             return self.native[1]
         check_knobs(variant, knobs, num_qo_heads)
         kernel = kernel_shape(variant, self.device_index)
-        fn = decode_planner(variant, self.device_index)
+        planner = decode_planner(variant, self.device_index)
         native = None
         cost = scheduler.DEFAULT_COST
-        if fn is not None and native_plan.eligible(
+        if planner is not None and native_plan.eligible(
             variant, kernel, num_qo_heads, num_kv_heads, page_size, cost
         ):
+            if self.device_type != "cuda":  # host seams (benchmarks, CPU tests): plan in C, upload via torch
+                planner = native_plan.Planner(planner.plan)
             native = _NativeDecode(
-                fn, kernel, variant, num_qo_heads, num_kv_heads, page_size, split_kv, knobs["window_left"]
+                planner,
+                kernel,
+                variant,
+                num_qo_heads,
+                num_kv_heads,
+                page_size,
+                split_kv,
+                knobs["window_left"],
             )
         self.native = (key, native)
         return native
@@ -459,12 +484,19 @@ class Engine:
         if entry is None:
             entry = native.add(key, self._native_layout(native, batch, key), self.graph)
         lay, cfg_ref, cfg = entry
-        self.staging.reserve(lay.metadata_bytes)
         result = abi.PlanResult()
-        ref = ctypes.byref(result)
-        if native.fn(cfg_ref, indptr[0], last[0], indices, batch, num_indices, self.staging.ptr, ref):
-            raise native_plan.error(result)
-        self.staging.upload(self.workspace, result.upload_bytes)
+        ref, staging = ctypes.byref(result), self.staging
+        args = (cfg_ref, indptr[0], last[0], indices, batch, num_indices)
+        if native.upload is not None:  # the wait for the last upload, the plan and its upload in one call
+            staging.grow(lay.metadata_bytes)
+            stream = torch._C._cuda_getCurrentRawStream(self.device_index)
+            if native.upload(*args, staging.ptr, ref, self.workspace_ptr, stream, staging.event()):
+                raise native_plan.error(result)
+        else:
+            staging.reserve(lay.metadata_bytes)
+            if native.plan(*args, staging.ptr, ref):
+                raise native_plan.error(result)
+            staging.upload(self.workspace, result.upload_bytes)
         if on_device:
             self._indices_from_device(kv_indices, lay, num_indices)
 
@@ -735,16 +767,21 @@ def _int32_host(values) -> tuple[int, int] | None:
 @functools.cache
 def decode_planner(variant: Variant, device_index: int):
     """The C decode planner of the pack that runs `variant` on this GPU, or None (a pack without it)."""
-    compiled = loader.find_kernel(variant, torch.cuda.get_device_capability(device_index))
-    fn = compiled.pack.planner("decode")
-    return None if fn is None else native_plan.bind(fn)
+    pack = loader.find_kernel(variant, torch.cuda.get_device_capability(device_index)).pack
+    plan, upload = pack.planner("decode"), pack.planner("decode_upload")
+    if plan is None:
+        return None
+    return native_plan.Planner(native_plan.bind(plan), upload and native_plan.bind_upload(upload))
 
 
 class _NativeDecode:
     """One decode problem's C planner: its function and, per workspace layout, the config struct."""
 
-    def __init__(self, fn, kernel, variant, num_qo_heads, num_kv_heads, page_size, split_kv, window_left):
-        self.fn, self.kernel, self.variant = fn, kernel, variant
+    def __init__(
+        self, planner, kernel, variant, num_qo_heads, num_kv_heads, page_size, split_kv, window_left
+    ):
+        self.plan, self.upload = planner
+        self.kernel, self.variant = kernel, variant
         self.num_qo_heads, self.num_kv_heads = num_qo_heads, num_kv_heads
         self.problem = dict(
             num_qo_heads=num_qo_heads,

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 SOURCE = Path("plan") / "decode_planner.cpp"  # relative to the kernel sources (kernels/csrc)
-SYMBOLS = {"decode": "fib_plan_decode"}
+SYMBOLS = {"decode": "fib_plan_decode", "decode_upload": "fib_plan_decode_upload"}
 LABEL = "planner"  # its build edge's label and its object's name in the cache
 # No FMA contraction: the planner's float64 cost model must round exactly as Python's does.
 HOST_FLAGS = ("-std=c++17", "-O2", "-DNDEBUG", "-fPIC", "-ffp-contract=off")
@@ -24,8 +24,9 @@ def source(csrc: Path) -> Path | None:
 
 
 def nvcc_flags() -> tuple[str, ...]:
-    """HOST_FLAGS as nvcc passes them to the host compiler (host code: no GPU targets)."""
-    return tuple(f for flag in HOST_FLAGS for f in ("-Xcompiler", flag))
+    """HOST_FLAGS as nvcc passes them to the host compiler (host code: no GPU targets), with the upload
+    entry point that packs add (it calls the CUDA runtime the pack links)."""
+    return ("-DFIB_PLAN_UPLOAD", *(f for flag in HOST_FLAGS for f in ("-Xcompiler", flag)))
 
 
 def build_host_library(csrc: Path, out: Path, compiler: str = "c++") -> Path:

@@ -68,8 +68,12 @@ def test_each_pack_links_the_host_planner_and_it_plans_as_python_does(packs):
     kernel = scheduler.KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=64, cta_tile_kv=64)
     for pack_dir in result.packs.values():
         pack = KernelPack(pack_dir)
-        assert pack.manifest["planner"] == {"decode": native_plan.DECODE_SYMBOL}
+        assert pack.manifest["planner"] == {
+            "decode": "fib_plan_decode",
+            "decode_upload": "fib_plan_decode_upload",
+        }
         fn = native_plan.bind(pack.planner("decode"))
+        upload = native_plan.bind_upload(pack.planner("decode_upload"))
         for kv in ([32768] + [512] * 255, [8192] * 64):
             pages = [-(-n // 16) for n in kv]
             indptr = np.concatenate([[0], np.cumsum(pages)]).astype(np.int32)
@@ -100,3 +104,8 @@ def test_each_pack_links_the_host_planner_and_it_plans_as_python_does(packs):
             assert fn(ctypes.byref(cfg), *args, ctypes.byref(r)) == 0
             assert r.chunk_size == p.chunk_size and (r.chunk_size > 0) == (len(kv) == 256)
             np.testing.assert_array_equal(got, want)
+            # the upload entry waits on the event first: without a GPU (or with a null event) that fails,
+            # and the failure comes back as a CUDA error, nothing planned
+            r = abi.PlanResult()
+            err = upload(ctypes.byref(cfg), *args, ctypes.byref(r), None, None, None)
+            assert err == r.error == abi.PLAN_CUDA and r.values[0] != 0 and r.grid == 0

@@ -11,7 +11,7 @@ from flashinfer_build.wheelbuild.options import BuildOptions
 
 
 @pytest.fixture(scope="session")
-def plan_fn(tmp_path_factory):
+def host_planner(tmp_path_factory):
     """The C decode planner (kernels/csrc/plan), built with the host C++ compiler as packs link it."""
     compiler = shutil.which("c++")
     if compiler is None:

@@ -35,6 +35,7 @@ PLAN_CONSTANTS = {
         "FIB_PLAN_ITEMS_OVER",
         "FIB_PLAN_SLOT_OVER",
         "FIB_PLAN_BAD_CONFIG",
+        "FIB_PLAN_CUDA",
     )
 }
 

@@ -75,7 +75,7 @@ def python_staging(lay, kv_lens, indptr, last, indices, graph, **kw):
 
 
 def native_staging(
-    fn,
+    planner,
     lay,
     kernel,
     indptr,
@@ -107,7 +107,7 @@ def native_staging(
     host = np.full(lay.metadata_bytes // 4, -7, np.int32)
     result = abi.PlanResult()
     ptr = None if indices is None else indices.ctypes.data
-    err = fn(
+    err = planner.plan(
         ctypes.byref(cfg),
         indptr.ctypes.data,
         last.ctypes.data,
@@ -148,7 +148,7 @@ kernels = st.builds(
     seed=st.integers(0, 2**32 - 1),
 )
 def test_native_plan_writes_the_python_plans_bytes(
-    plan_fn, kv, kernel, heads, page, window, split, graph, host_indices, kv_bytes, cost, extra, seed
+    host_planner, kv, kernel, heads, page, window, split, graph, host_indices, kv_bytes, cost, extra, seed
 ):
     hq, hkv = heads
     rng = np.random.default_rng(seed)
@@ -164,7 +164,7 @@ def test_native_plan_writes_the_python_plans_bytes(
     event(f"split: {p.split}, sorted: {p.num_items > 1 and bool((p.work[:-1, 0] > p.work[1:, 0]).any())}")
 
     err, r, got, cfg = native_staging(
-        plan_fn, lay, kernel, indptr, last, indices, num_indices, graph,
+        host_planner, lay, kernel, indptr, last, indices, num_indices, graph,
         hq=hq, hkv=hkv, page=page, window=window, split=split, kv_bytes=kv_bytes, cost=cost,
     )  # fmt: skip
     assert err == 0, native_plan.error(r)
@@ -184,7 +184,7 @@ def test_native_plan_writes_the_python_plans_bytes(
     np.testing.assert_array_equal(q.merge_indices, p.merge_indices)
 
 
-def test_native_plan_splits_the_skewed_batch(plan_fn):
+def test_native_plan_splits_the_skewed_batch(host_planner):
     """A case that must split (so the property test's equality is not only over unsplit plans)."""
     kernel = KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=64, cta_tile_kv=64)
     kv = [32768] + [512] * 255
@@ -192,7 +192,7 @@ def test_native_plan_splits_the_skewed_batch(plan_fn):
     indptr, last, indices = paged(kv, 16, rng)
     lay = problem(256, kernel, 32, 8, False, 0, 0)
     err, r, host, cfg = native_staging(
-        plan_fn, lay, kernel, indptr, last, None, indices.shape[0], False,
+        host_planner, lay, kernel, indptr, last, None, indices.shape[0], False,
         hq=32, hkv=8, page=16, window=-1, split=True, kv_bytes=2, cost=scheduler.DEFAULT_COST,
     )  # fmt: skip
     assert err == 0 and r.chunk_size > 0 and r.num_items > 256
@@ -212,7 +212,9 @@ def test_native_plan_splits_the_skewed_batch(plan_fn):
         ([0, 2, 3], [17, 1], 4, "kv_last_page_len must lie in"),
     ],
 )
-def test_native_plan_rejects_bad_index_arrays_as_python_does(plan_fn, indptr, last, num_indices, message):
+def test_native_plan_rejects_bad_index_arrays_as_python_does(
+    host_planner, indptr, last, num_indices, message
+):
     from flashinfer_build.kernels import wrapper_engine
 
     kernel = KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=64, cta_tile_kv=64)
@@ -221,7 +223,7 @@ def test_native_plan_rejects_bad_index_arrays_as_python_does(plan_fn, indptr, la
         wrapper_engine.paged_lengths(indptr, last, 16, num_indices)
     lay = problem(len(last), kernel, 32, 8, False, 0, 0)
     err, r, _, _ = native_staging(
-        plan_fn, lay, kernel, indptr, last, None, num_indices, False,
+        host_planner, lay, kernel, indptr, last, None, num_indices, False,
         hq=32, hkv=8, page=16, window=-1, split=True, kv_bytes=2, cost=scheduler.DEFAULT_COST,
     )  # fmt: skip
     assert err != 0
@@ -229,7 +231,7 @@ def test_native_plan_rejects_bad_index_arrays_as_python_does(plan_fn, indptr, la
         raise native_plan.error(r)
 
 
-def test_native_plan_rejects_a_batch_over_the_graph_bound(plan_fn):
+def test_native_plan_rejects_a_batch_over_the_graph_bound(host_planner):
     kernel = KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=64, cta_tile_kv=64)
     lay = problem(4, kernel, 32, 8, True, 0, 0)  # bound: batch 4
     indptr, last = np.arange(6, dtype=np.int32), np.ones(5, np.int32)
@@ -238,7 +240,7 @@ def test_native_plan_rejects_a_batch_over_the_graph_bound(plan_fn):
             None, [1] * 5, num_qo_heads=32, num_kv_heads=8, page_size=16, kernel=kernel, capacity=lay.capacity
         )
     err, r, _, _ = native_staging(
-        plan_fn, lay, kernel, indptr, last, None, 5, True,
+        host_planner, lay, kernel, indptr, last, None, 5, True,
         hq=32, hkv=8, page=16, window=-1, split=True, kv_bytes=2, cost=scheduler.DEFAULT_COST,
     )  # fmt: skip
     with pytest.raises(ValueError, match="batch size 5 exceeds the wrapper's max batch size 4"):

@@ -81,7 +81,7 @@ class HostStaging(wrapper_engine.Staging):
 @pytest.fixture(params=["python", "C"])
 def host_seams(request, monkeypatch):
     """The wrappers on the CPU (benchmarks/plan_time.py's seams), planning in Python or in C."""
-    planner = request.getfixturevalue("plan_fn") if request.param == "C" else None
+    planner = request.getfixturevalue("host_planner") if request.param == "C" else None
     monkeypatch.setattr(wrapper_engine, "check_workspace", lambda workspace: None)
     monkeypatch.setattr(wrapper_engine, "kernel_shape", lambda variant, index: SHAPE)
     monkeypatch.setattr(wrapper_engine, "decode_planner", lambda variant, index: planner)

@@ -309,3 +309,31 @@ extern "C" int fib_plan_decode(const fib_plan_config* config, const int32_t* kv_
   r->upload_bytes = s.end * 4;
   return FIB_PLAN_OK;
 }
+
+#ifdef FIB_PLAN_UPLOAD
+#include <cuda_runtime_api.h>
+
+// The plan and its one upload in one foreign call: torch's copy_ and event calls cost several times the
+// plan itself on a serving host. Stream and event handles are the caller's (torch's); they are driver
+// handles, valid in this statically linked runtime too, as the kernels' launches on torch's stream are.
+extern "C" int fib_plan_decode_upload(const fib_plan_config* config, const int32_t* kv_indptr,
+                                      const int32_t* kv_last_page_len, const int32_t* kv_indices, int64_t batch,
+                                      int64_t num_indices, int32_t* staging, fib_plan_result* result, void* workspace,
+                                      void* stream, void* uploaded) {
+  auto event = static_cast<cudaEvent_t>(uploaded);
+  cudaError_t err = cudaEventSynchronize(event);  // the last upload may still read the staging buffer
+  if (err == cudaSuccess) {
+    if (fib_plan_decode(config, kv_indptr, kv_last_page_len, kv_indices, batch, num_indices, staging, result)) {
+      return result->error;
+    }
+    auto s = static_cast<cudaStream_t>(stream);
+    err = cudaMemcpyAsync(workspace, staging, result->upload_bytes, cudaMemcpyHostToDevice, s);
+    if (err == cudaSuccess) err = cudaEventRecord(event, s);
+  }
+  if (err != cudaSuccess) {
+    result->values[0] = err;
+    return result->error = FIB_PLAN_CUDA;
+  }
+  return FIB_PLAN_OK;
+}
+#endif  // FIB_PLAN_UPLOAD

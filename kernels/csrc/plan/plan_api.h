@@ -47,6 +47,7 @@ enum {
   FIB_PLAN_ITEMS_OVER = 7,       /* work items > cap_work_items: values = {items, cap_work_items} */
   FIB_PLAN_SLOT_OVER = 8,        /* a buffer overflows its slot: values = {slot, entries, limit} */
   FIB_PLAN_BAD_CONFIG = 9,       /* a config the planner does not take (e.g. too many split factors) */
+  FIB_PLAN_CUDA = 10,            /* the upload failed: values = {cudaError_t} */
 };
 
 /* slots for FIB_PLAN_SLOT_OVER, in layout order */
@@ -74,6 +75,14 @@ typedef struct fib_plan_result {
 int fib_plan_decode(const fib_plan_config* config, const int32_t* kv_indptr, const int32_t* kv_last_page_len,
                     const int32_t* kv_indices, int64_t batch, int64_t num_indices, int32_t* staging,
                     fib_plan_result* result);
+
+/* Packs only (built with FIB_PLAN_UPLOAD and the CUDA runtime): waits for the event `uploaded` (the last
+ * upload from this pinned staging buffer), plans as fib_plan_decode, then copies the upload_bytes to
+ * `workspace` (device) asynchronously on `stream` and records `uploaded` there. cudaEvent_t and
+ * cudaStream_t are passed as void* so that this header needs no CUDA headers. */
+int fib_plan_decode_upload(const fib_plan_config* config, const int32_t* kv_indptr, const int32_t* kv_last_page_len,
+                           const int32_t* kv_indices, int64_t batch, int64_t num_indices, int32_t* staging,
+                           fib_plan_result* result, void* workspace, void* stream, void* uploaded);
 
 #ifdef __cplusplus
 }
