@@ -16,7 +16,6 @@ from typing import NamedTuple
 import numpy as np
 
 from . import abi, scheduler
-from .checks import InvalidArgument
 
 DECODE_SYMBOL = "fib_plan_decode"  # what a pack's manifest names under "planner": {"decode": ...}
 _SLOT_NAMES = ("work", "merge_indptr", "merge_indices", "kv_indptr", "kv_last_page_len", "kv_indices")
@@ -104,17 +103,9 @@ def config(
 
 
 def error(result: abi.PlanResult) -> Exception:
-    """The exception the Python path (wrapper_engine.paged_lengths, scheduler.plan, pack_metadata) raises
-    for the same input."""
+    """The exception the Python planner (scheduler.plan, scheduler.pack_metadata) raises for the input
+    the C planner refused with result.error; the index arrays' errors are wrapper_engine.native_error's."""
     code, (a, b, c) = result.error, tuple(result.values)
-    if code == abi.PLAN_INDPTR_START:
-        return InvalidArgument("kv_indptr must start at 0 and hold batch_size + 1 entries")
-    if code == abi.PLAN_INDPTR_DECREASES:
-        return InvalidArgument("kv_indptr must be non-decreasing")
-    if code == abi.PLAN_INDPTR_EXCEEDS:
-        return InvalidArgument(f"kv_indptr[-1] = {a} exceeds the {b} entries it indexes")
-    if code == abi.PLAN_LAST_PAGE_LEN:
-        return InvalidArgument(f"kv_last_page_len must lie in [1, page_size = {a}]")
     if code == abi.PLAN_BATCH_OVER:
         return scheduler.batch_over_capacity(a, b)
     if code == abi.PLAN_TOKENS_OVER:
@@ -127,7 +118,7 @@ def error(result: abi.PlanResult) -> Exception:
         from .loader import KernelLaunchError, describe_cuda_error
 
         return KernelLaunchError(f"uploading the plan: {describe_cuda_error(a)}")
-    return RuntimeError(f"the C planner refused its configuration (error {code}): a flashinfer-build bug")
+    return RuntimeError(f"the C planner refused its input (error {code}): a flashinfer-build bug")
 
 
 class NativePlan:

@@ -167,27 +167,59 @@ def check_indptr(
     """Starts at 0, never decreases (diff: indptr[1:] - indptr[:-1] when the caller has it), ends within
     the `total` entries it indexes."""
     if indptr.shape[0] < 1 or indptr[0] != 0:
-        raise InvalidArgument(f"{name} must start at 0 and hold batch_size + 1 entries")
+        raise _indptr_start(name)
     if diff is None:
         diff = indptr[1:] - indptr[:-1]
     if indptr.shape[0] > 1 and (diff < 0).any():
-        raise InvalidArgument(f"{name} must be non-decreasing")
+        raise _indptr_decreases(name)
     if total is not None and indptr[-1] > total:
-        raise InvalidArgument(f"{name}[-1] = {indptr[-1]} exceeds the {total} entries it indexes")
+        raise _indptr_exceeds(name, indptr[-1], total)
+
+
+# The index arrays' errors, raised by the checks here and for the C planner's error codes (native_error).
+def _indptr_start(name: str) -> InvalidArgument:
+    return InvalidArgument(f"{name} must start at 0 and hold batch_size + 1 entries")
+
+
+def _indptr_decreases(name: str) -> InvalidArgument:
+    return InvalidArgument(f"{name} must be non-decreasing")
+
+
+def _indptr_exceeds(name: str, end: int, total: int) -> InvalidArgument:
+    return InvalidArgument(f"{name}[-1] = {end} exceeds the {total} entries it indexes")
+
+
+def _last_page_len_invalid(page_size: int) -> InvalidArgument:
+    return InvalidArgument(f"kv_last_page_len must lie in [1, page_size = {page_size}]")
+
+
+def native_error(result: abi.PlanResult) -> Exception:
+    """The exception the Python path (paged_lengths, scheduler.plan, scheduler.pack_metadata) raises for
+    the input the C planner refused with result.error."""
+    code, (a, b) = result.error, tuple(result.values)[:2]
+    if code == abi.PLAN_INDPTR_START:
+        return _indptr_start("kv_indptr")
+    if code == abi.PLAN_INDPTR_DECREASES:
+        return _indptr_decreases("kv_indptr")
+    if code == abi.PLAN_INDPTR_EXCEEDS:
+        return _indptr_exceeds("kv_indptr", a, b)
+    if code == abi.PLAN_LAST_PAGE_LEN:
+        return _last_page_len_invalid(a)
+    return native_plan.error(result)
 
 
 def paged_lengths(kv_ptr: np.ndarray, last: np.ndarray, page_size: int, num_indices: int) -> np.ndarray:
     """Tokens per request (int64) of a paged cache, checking kv_indptr (as check_indptr does) and
     kv_last_page_len (in [1, page_size] where a request has pages) in one pass of few numpy calls."""
     if kv_ptr.shape[0] < 1 or kv_ptr[0] != 0:
-        raise InvalidArgument("kv_indptr must start at 0 and hold batch_size + 1 entries")
+        raise _indptr_start("kv_indptr")
     pages = kv_ptr[1:] - kv_ptr[:-1]
     if not pages.shape[0]:
         return np.zeros(0, np.int64)
     if pages.min() < 0:
-        raise InvalidArgument("kv_indptr must be non-decreasing")
+        raise _indptr_decreases("kv_indptr")
     if kv_ptr[-1] > num_indices:
-        raise InvalidArgument(f"kv_indptr[-1] = {kv_ptr[-1]} exceeds the {num_indices} entries it indexes")
+        raise _indptr_exceeds("kv_indptr", kv_ptr[-1], num_indices)
     lengths = np.multiply(pages, page_size, dtype=np.int64)  # one call: widen and scale
     lengths += last
     lengths -= page_size  # (pages - 1) * page_size + last
@@ -195,7 +227,7 @@ def paged_lengths(kv_ptr: np.ndarray, last: np.ndarray, page_size: int, num_indi
         return np.maximum(lengths, 0, out=lengths)
     has_pages = pages > 0
     if ((last - 1).view(np.uint32) >= page_size)[has_pages].any():
-        raise InvalidArgument(f"kv_last_page_len must lie in [1, page_size = {page_size}]")
+        raise _last_page_len_invalid(page_size)
     return np.where(has_pages, lengths, 0)
 
 
@@ -491,11 +523,11 @@ class Engine:
             staging.grow(lay.metadata_bytes)
             stream = torch._C._cuda_getCurrentRawStream(self.device_index)
             if native.upload(*args, staging.ptr, ref, self.workspace_ptr, stream, staging.event()):
-                raise native_plan.error(result)
+                raise native_error(result)
         else:
             staging.reserve(lay.metadata_bytes)
             if native.plan(*args, staging.ptr, ref):
-                raise native_plan.error(result)
+                raise native_error(result)
             staging.upload(self.workspace, result.upload_bytes)
         if on_device:
             self._indices_from_device(kv_indices, lay, num_indices)

@@ -8,7 +8,7 @@ import ctypes
 
 import numpy as np
 import pytest
-from flashinfer_build.kernels import abi, native_plan, scheduler
+from flashinfer_build.kernels import abi, native_plan, scheduler, wrapper_engine
 from flashinfer_build.kernels.checks import InvalidArgument
 from flashinfer_build.kernels.scheduler import CostModel, KernelShape
 from hypothesis import HealthCheck, event, given, settings
@@ -167,7 +167,7 @@ def test_native_plan_writes_the_python_plans_bytes(
         host_planner, lay, kernel, indptr, last, indices, num_indices, graph,
         hq=hq, hkv=hkv, page=page, window=window, split=split, kv_bytes=kv_bytes, cost=cost,
     )  # fmt: skip
-    assert err == 0, native_plan.error(r)
+    assert err == 0, wrapper_engine.native_error(r)
     np.testing.assert_array_equal(got, want)  # every staging byte, untouched ones included
     assert r.upload_bytes == want_bytes
     assert r.kv_used == indptr[-1]
@@ -215,8 +215,6 @@ def test_native_plan_splits_the_skewed_batch(host_planner):
 def test_native_plan_rejects_bad_index_arrays_as_python_does(
     host_planner, indptr, last, num_indices, message
 ):
-    from flashinfer_build.kernels import wrapper_engine
-
     kernel = KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=64, cta_tile_kv=64)
     indptr, last = np.array(indptr, np.int32), np.array(last, np.int32)
     with pytest.raises(InvalidArgument, match=message):
@@ -228,7 +226,7 @@ def test_native_plan_rejects_bad_index_arrays_as_python_does(
     )  # fmt: skip
     assert err != 0
     with pytest.raises(InvalidArgument, match=message):
-        raise native_plan.error(r)
+        raise wrapper_engine.native_error(r)
 
 
 def test_native_plan_rejects_a_batch_over_the_graph_bound(host_planner):
@@ -244,4 +242,4 @@ def test_native_plan_rejects_a_batch_over_the_graph_bound(host_planner):
         hq=32, hkv=8, page=16, window=-1, split=True, kv_bytes=2, cost=scheduler.DEFAULT_COST,
     )  # fmt: skip
     with pytest.raises(ValueError, match="batch size 5 exceeds the wrapper's max batch size 4"):
-        raise native_plan.error(r)
+        raise wrapper_engine.native_error(r)
