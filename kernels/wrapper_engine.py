@@ -469,9 +469,12 @@ class Engine:
         key = (variant, num_qo_heads, num_kv_heads, page_size, split_kv, *_knob_values(knobs))
         if self.native is not None and self.native[0] == key:
             return self.native[1]
-        check_knobs(variant, knobs, num_qo_heads)
-        kernel = kernel_shape(variant, self.device_index)
-        planner = decode_planner(variant, self.device_index)
+        try:
+            check_knobs(variant, knobs, num_qo_heads)
+            kernel = kernel_shape(variant, self.device_index)
+            planner = decode_planner(variant, self.device_index)
+        except (ValueError, RuntimeError):  # bad knobs, no kernel: the Python path raises it in its order
+            return None
         native = None
         cost = scheduler.DEFAULT_COST
         if planner is not None and native_plan.eligible(
@@ -508,13 +511,14 @@ class Engine:
                 return False
             indices, num_indices = host
         if self.graph and num_indices > self.max_pages:
-            raise InvalidArgument(
-                f"{num_indices} kv_indices exceed the wrapper's max_num_pages {self.max_pages}"
-            )
+            return False  # an error: the Python path raises it after checking the index arrays, as always
         key = None if self.graph else (batch, 0 if on_device else num_indices)
         entry = native.entries.get(key)
         if entry is None:
-            entry = native.add(key, self._native_layout(native, batch, key), self.graph)
+            lay = self._native_layout(native, batch, key)
+            if lay is None:
+                return False
+            entry = native.add(key, lay, self.graph)
         lay, cfg_ref, cfg = entry
         result = abi.PlanResult()
         ref, staging = ctypes.byref(result), self.staging
@@ -545,9 +549,15 @@ class Engine:
         return True
 
     def _native_layout(self, native, batch, key):
-        """The layout the Python path would size for this batch (graph mode: the fixed one)."""
+        """The layout the Python path would size for this batch (graph mode: the fixed one), or None where
+        the workspace does not fit it (the Python path raises that after checking the index arrays)."""
         if key is None:
-            return self._fixed_layout(native.variant, native.num_qo_heads, native.num_kv_heads, native.kernel)
+            try:
+                return self._fixed_layout(
+                    native.variant, native.num_qo_heads, native.num_kv_heads, native.kernel
+                )
+            except InvalidArgument:
+                return None
         k, host_pages = native.kernel, key[1]
         n = max(batch, 1)
         lay = _layout(
@@ -561,8 +571,7 @@ class Engine:
             native.num_qo_heads,
             native.variant.head_dim,
         )
-        self._check_workspace_fits(lay, host_pages)
-        return lay
+        return lay if self.workspace_bytes >= lay.total_bytes else None
 
     def _check_workspace_fits(self, lay, host_pages):
         if self.workspace_bytes < lay.total_bytes:

@@ -152,6 +152,39 @@ def test_wrapper_plan_errors_are_the_same_on_both_paths(host_seams):
             128,
             16,
         )
+    # two problems at once: the index arrays' is reported first, as the Python path always did
+    small = wrappers.BatchDecodeWrapper(aligned_workspace(1 << 20))
+    with pytest.raises(InvalidArgument, match="kv_last_page_len must lie in"):
+        small.plan(
+            torch.arange(5, dtype=torch.int32),
+            torch.arange(5, dtype=torch.int32),
+            last[:4] * 0,
+            32,
+            8,
+            128,
+            16,
+        )
+    with pytest.raises(InvalidArgument, match="kv_indptr must be non-decreasing"):
+        w.plan(
+            torch.tensor([0, 2, 1], dtype=torch.int32),
+            torch.arange(9, dtype=torch.int32),
+            last[:2],
+            32,
+            8,
+            128,
+            16,
+        )
+    with pytest.raises(InvalidArgument, match="kv_indptr must be non-decreasing"):
+        w.plan(
+            torch.tensor([0, 2, 1], dtype=torch.int32),
+            torch.arange(5),
+            last[:2],
+            32,
+            8,
+            128,
+            16,
+            window_left=5,
+        )
     small = wrappers.BatchDecodeWrapper(aligned_workspace(256))
     with pytest.raises(InvalidArgument, match="workspace holds 256 bytes but this batch needs"):
         small.plan(
