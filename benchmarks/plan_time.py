@@ -8,7 +8,7 @@ Without --gpu, on the CPU: times the whole user-facing path, BatchDecodeWrapper.
 BatchPrefillWrapper.plan (argument checks, variant lookup, planning, packing the staging buffer, the
 upload call), with the device-touching seams of kernels/wrapper_engine.py replaced by host stand-ins:
 the workspace is a CPU tensor (check_workspace), the kernel shape is an H100's decode/prefill kernel
-(kernel_shape), the C planner is built here with the host compiler (decode_planner; or --planner), and
+(kernel_shape), the C planner is built here with the host compiler (native_planner; or --planner), and
 the staging buffer is plain host memory whose upload is not timed (Staging: on a GPU it is one
 asynchronous copy). kv_indices are given "on the device" (a tensor on the workspace's device, used in
 place, as serving stacks keep them) and on the host (copied into the workspace). Medians over --calls
@@ -68,7 +68,7 @@ def host_seams(planner=None):
     with (
         mock.patch.object(wrapper_engine, "check_workspace", lambda workspace: None),
         mock.patch.object(wrapper_engine, "kernel_shape", shape),
-        mock.patch.object(wrapper_engine, "decode_planner", lambda variant, device_index: planner),
+        mock.patch.object(wrapper_engine, "native_planner", lambda variant, device_index: planner),
         mock.patch.object(wrapper_engine, "Staging", HostStaging),
     ):
         yield
@@ -166,30 +166,36 @@ def run(calls, planner):
                 if which == "python":
                     us = round(median_us(fns[2][1], calls), 1)
                     rows.append({"workload": name, "call": fns[2][0], "planner": which, "us": us})
-                    pw, fn = prefill_call(kv_lens, rng)
-                    us = round(median_us(fn, calls), 1)
-                    rows.append(
-                        {"workload": name, "call": "prefill q_len 16, causal", "planner": which, "us": us}
-                    )
-                    rows[-1]["split"] = pw.plan_info.split
+                pw, fn = prefill_call(kv_lens, rng)
+                us = round(median_us(fn, calls), 1)
+                rows.append(
+                    {"workload": name, "call": "prefill q_len 16, causal", "planner": which, "us": us}
+                )
+                rows[-1]["split"] = pw.plan_info.split
     return rows
 
 
 def run_gpu(calls):
     """On a GPU, nothing stubbed: each decode workload planned by the Python planner, by the pack's C
     planner with torch's upload ("C") and with its own (one foreign call, "C+upload"), kv_indices on the
-    device and on the host; torch's upload alone; and the attention output of each plan (equal bit for
-    bit: the plans are the same)."""
-    real = wrapper_engine.decode_planner
+    device and on the host, and a prefill of 16 causal queries per request over the same KV; torch's
+    upload alone; and the attention output of each plan (equal bit for bit: the plans are the same)."""
+    real = wrapper_engine.native_planner
 
     def plan_only(variant, device_index):
         planner = real(variant, device_index)
-        return planner and native_plan.Planner(planner.plan)
+        return planner and planner._replace(upload=None, prefill_upload=None)
 
     planners = {"python": lambda variant, device_index: None, "C": plan_only, "C+upload": real}
     rng = np.random.default_rng(0)
     rows, checks = [], []
     q = torch.randn(BATCH, HQ, D, device="cuda", dtype=torch.bfloat16)
+    q_len = 16
+    q_prefill = torch.randn(BATCH * q_len, HQ, D, device="cuda", dtype=torch.bfloat16)
+    qo_indptr = torch.arange(0, q_len * (BATCH + 1), q_len, dtype=torch.int32)
+    prefill_size = wrappers.workspace_size(
+        HQ, HKV, D, max_batch_size=BATCH, max_num_tokens=q_len * BATCH, decode=False
+    )
     for name, kv_lens in workloads(rng).items():
         indptr, indices, last = paged(kv_lens, rng)
         size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=BATCH, max_num_pages=indices.shape[0])
@@ -199,7 +205,7 @@ def run_gpu(calls):
         v = torch.randn_like(k)
         outs = {}
         for which, planner in planners.items():
-            with mock.patch.object(wrapper_engine, "decode_planner", planner):
+            with mock.patch.object(wrapper_engine, "native_planner", planner):
                 w = wrappers.BatchDecodeWrapper(torch.empty(size, dtype=torch.uint8, device="cuda"))
                 for where, ids in (("device", d_indices), ("host", t_indices)):
 
@@ -213,8 +219,29 @@ def run_gpu(calls):
                 w.plan(t_indptr, d_indices, t_last, HQ, HKV, D, PAGE)
                 native = w._engine.native[1]
                 assert (native is None) == (which == "python"), f"{which}: wrong planner"
-                assert which == "python" or (native.upload is not None) == (which == "C+upload")
+                assert which == "python" or (native.planner.upload is not None) == (which == "C+upload")
                 outs[which] = w.run(q, (k, v))
+                pw = wrappers.BatchPrefillWrapper(torch.empty(prefill_size, dtype=torch.uint8, device="cuda"))
+
+                def plan_prefill(pw=pw, ptr=t_indptr, last=t_last, ids=d_indices):
+                    pw.plan(
+                        qo_indptr,
+                        ptr,
+                        HQ,
+                        HKV,
+                        D,
+                        kv_indices=ids,
+                        kv_last_page_len=last,
+                        page_size=PAGE,
+                    )
+
+                us = round(median_us(plan_prefill, calls), 1)
+                rows.append(
+                    {"workload": name, "call": "prefill q_len 16, causal", "planner": which, "us": us}
+                )
+                rows[-1]["split"] = pw.plan_info.split
+                plan_prefill()
+                outs["prefill " + which] = pw.run(q_prefill, (k, v))
                 if which == "C":
                     e = w._engine
                     nbytes = e.counts[0] * 24  # about what a plan uploads: its work list and small arrays
@@ -228,6 +255,9 @@ def run_gpu(calls):
         torch.cuda.synchronize()
         for which in ("C", "C+upload"):
             checks.append((name, which, torch.equal(outs["python"], outs[which])))
+            checks.append(
+                (name, "prefill " + which, torch.equal(outs["prefill python"], outs["prefill " + which]))
+            )
         del k, v
     return rows, checks
 

@@ -117,7 +117,8 @@ PLAN_MAX_FACTORS = 8
     PLAN_SLOT_OVER,
     PLAN_BAD_CONFIG,
     PLAN_CUDA,
-) = range(11)
+    PLAN_QO_INDPTR,
+) = range(12)
 
 
 class PlanConfig(C.Structure):
@@ -138,6 +139,7 @@ class PlanConfig(C.Structure):
                 "kv_indptr",
                 "kv_last_page_len",
                 "kv_indices",
+                "qo_indptr",
             )
         ),
         *(
@@ -152,7 +154,7 @@ class PlanConfig(C.Structure):
             )
         ),
         ("num_split_factors", C.c_int32),
-        ("reserved", C.c_int32),
+        ("mask", C.c_int32),
         ("split_factors", C.c_double * PLAN_MAX_FACTORS),
     ]
 
@@ -170,6 +172,8 @@ class PlanResult(C.Structure):
                 "chunk_size",
                 "num_candidates",
                 "num_tokens",
+                "num_merge_entries",
+                "reserved",
             )
         ),
         ("values", C.c_int64 * 3),

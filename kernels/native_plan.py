@@ -1,4 +1,4 @@
-"""The host planner in C++ (kernels/csrc/plan/decode_planner.cpp), through ctypes: a paged decode batch's
+"""The host planner in C++ (kernels/csrc/plan/planner.cpp), through ctypes: a paged decode batch's
 validation, plan and staging in one foreign call.
 
 kernels/scheduler.py stays the specification (tests/unit/test_plan_native.py checks both write the same
@@ -17,22 +17,40 @@ import numpy as np
 
 from . import abi, scheduler
 
-DECODE_SYMBOL = "fib_plan_decode"  # what a pack's manifest names under "planner": {"decode": ...}
-_SLOT_NAMES = ("work", "merge_indptr", "merge_indices", "kv_indptr", "kv_last_page_len", "kv_indices")
+_SLOT_NAMES = (
+    "work",
+    "merge_indptr",
+    "merge_indices",
+    "kv_indptr",
+    "kv_last_page_len",
+    "kv_indices",
+    "qo_indptr",
+)
+_MASKS = {"none": 0, "custom": 0, "causal": 1, "sliding_window": 2}  # plan_api.h fib_plan_config.mask
 _ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2
 
 
 class Planner(NamedTuple):
-    """A pack's decode planner: `plan` (fib_plan_decode) and, where the pack has it, `upload`
-    (fib_plan_decode_upload: the plan and its upload in one call)."""
+    """A pack's planner: `plan` (fib_plan_decode), `prefill` (fib_plan_prefill) and, where the pack has
+    them, the `upload` and `prefill_upload` entry points (plan and upload in one call)."""
 
     plan: ctypes._CFuncPtr
+    prefill: ctypes._CFuncPtr | None = None
     upload: ctypes._CFuncPtr | None = None
+    prefill_upload: ctypes._CFuncPtr | None = None
 
 
 def bind(function) -> ctypes._CFuncPtr:
     """Declare fib_plan_decode's C signature on a ctypes function of a loaded library."""
     function.argtypes, function.restype = _ARGS, ctypes.c_int
+    return function
+
+
+def bind_prefill(function, upload: bool = False) -> ctypes._CFuncPtr:
+    """Declare fib_plan_prefill's C signature (fib_plan_decode's with qo_indptr first), or with `upload`
+    fib_plan_prefill_upload's."""
+    function.argtypes = [ctypes.c_void_p] + _ARGS + [ctypes.c_void_p] * (3 if upload else 0)
+    function.restype = ctypes.c_int
     return function
 
 
@@ -42,17 +60,33 @@ def bind_upload(function) -> ctypes._CFuncPtr:
     return function
 
 
-def eligible(variant, kernel: scheduler.KernelShape, num_qo_heads, num_kv_heads, page_size, cost) -> bool:
-    """Whether the C planner covers this decode problem: no custom mask (uploaded apart), one tile per
-    request (the query heads of a KV head fit one CTA), a valid page size and a cost model within the C
-    struct. Else the Python planner runs."""
+def eligible(
+    variant, kernel: scheduler.KernelShape, num_qo_heads, num_kv_heads, page_size, cost, *, decode
+) -> bool:
+    """Whether the C planner covers this problem: no custom mask (uploaded apart), a valid page size, a
+    cost model within the C struct and, for decode, one tile per request (the query heads of a KV head
+    fit one CTA). Else the Python planner runs."""
     return (
         variant.mask != "custom"
         and num_kv_heads >= 1
         and num_qo_heads % num_kv_heads == 0
-        and num_qo_heads // num_kv_heads <= kernel.cta_tile_q
+        and (not decode or num_qo_heads // num_kv_heads <= kernel.cta_tile_q)
         and page_size >= 1
         and len(cost.split_factors) <= abi.PLAN_MAX_FACTORS
+    )
+
+
+def planner_of(pack) -> Planner | None:
+    """The planner a kernel pack's manifest names (loader.KernelPack.planner), or None."""
+    plan, prefill = pack.planner("decode"), pack.planner("prefill")
+    if plan is None or prefill is None:
+        return None
+    upload, prefill_upload = pack.planner("decode_upload"), pack.planner("prefill_upload")
+    return Planner(
+        bind(plan),
+        bind_prefill(prefill),
+        upload and bind_upload(upload),
+        prefill_upload and bind_prefill(prefill_upload, upload=True),
     )
 
 
@@ -68,6 +102,7 @@ def config(
     fixed_grid: bool,
     kv_bytes: int,
     cost: scheduler.CostModel,
+    mask: str = "none",
 ) -> abi.PlanConfig:
     """The C planner's view of one problem and workspace layout (the same for every batch planned in it)."""
     cap = lay.capacity
@@ -98,6 +133,7 @@ def config(
         partial_bytes_per_key_byte=cost.partial_bytes_per_key_byte,
         min_gain=cost.min_gain,
         num_split_factors=len(cost.split_factors),
+        mask=_MASKS[mask],
         split_factors=factors,
     )
 
@@ -152,7 +188,7 @@ class NativePlan:
             work=work.copy(),
             num_items=self.num_items,
             merge_indptr=host[cfg.at_merge_indptr :][: self.merge_indptr_len].copy(),
-            merge_indices=host[cfg.at_merge_indices :][: self.num_partial_rows].copy(),
+            merge_indices=host[cfg.at_merge_indices :][: r.num_merge_entries].copy(),
             num_partial_rows=self.num_partial_rows,
             chunk_size=r.chunk_size,
             num_tokens=r.num_tokens,
@@ -166,4 +202,5 @@ class NativePlan:
 def host_library(path: str) -> Planner:
     """The planner of a host-only build of it at `path` (wheelbuild.planner.build_host_library): no
     upload entry point, the engine uploads through torch."""
-    return Planner(bind(getattr(ctypes.CDLL(path), DECODE_SYMBOL)))
+    lib = ctypes.CDLL(path)
+    return Planner(bind(lib.fib_plan_decode), bind_prefill(lib.fib_plan_prefill))

@@ -369,10 +369,10 @@ class Engine:
         custom_mask=None,
     ):
         decode = self.family == "decode"
-        if decode and self.paged and knobs["alibi_slopes"] is None:
-            native = self._native_decode(variant, num_qo_heads, num_kv_heads, page_size, split_kv, knobs)
+        if knobs["alibi_slopes"] is None and custom_mask is None and (self.paged or not decode):
+            native = self._native(variant, num_qo_heads, num_kv_heads, page_size, split_kv, knobs)
             if native is not None and self._plan_native(
-                native, kv_indptr, kv_indices, kv_last_page_len, knobs
+                native, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, knobs
             ):
                 return
         kv_ptr = host_index("kv_indptr", kv_indptr)
@@ -448,7 +448,7 @@ class Engine:
             self._indices_from_device(kv_indices, lay, num_indices)
 
         self.plan_, self.variant, self.layout, self.rows = p, variant, lay, rows
-        self.counts = (p.work.shape[0], p.merge_indptr.shape[0])
+        self.counts = (p.work.shape[0], p.merge_indptr.shape[0], p.merge_indices.shape[0])
         self.split = self.graph or p.split
         self.user_indices = kv_indices if indices_on_device and not self.graph else None
         self.knobs = self._device_knobs(knobs, custom_mask, qo_ptr, kv_lens)
@@ -463,7 +463,7 @@ class Engine:
             self.plan_ = self.plan_.to_plan()  # before the next plan rewrites the staging buffer
         return self.plan_
 
-    def _native_decode(self, variant, num_qo_heads, num_kv_heads, page_size, split_kv, knobs):
+    def _native(self, variant, num_qo_heads, num_kv_heads, page_size, split_kv, knobs):
         """The C planner set up for this problem (None where it does not apply: the Python path plans).
         Cached for the wrapper's last problem: a serving loop plans the same one for every step."""
         key = (variant, num_qo_heads, num_kv_heads, page_size, split_kv, *_knob_values(knobs))
@@ -472,103 +472,122 @@ class Engine:
         try:
             check_knobs(variant, knobs, num_qo_heads)
             kernel = kernel_shape(variant, self.device_index)
-            planner = decode_planner(variant, self.device_index)
+            planner = native_planner(variant, self.device_index)
         except (ValueError, RuntimeError):  # bad knobs, no kernel: the Python path raises it in its order
             return None
+        decode = self.family == "decode"
+        cost = scheduler.DEFAULT_COST if decode else scheduler.PREFILL_COST
         native = None
-        cost = scheduler.DEFAULT_COST
         if planner is not None and native_plan.eligible(
-            variant, kernel, num_qo_heads, num_kv_heads, page_size, cost
+            variant, kernel, num_qo_heads, num_kv_heads, page_size, cost, decode=decode
         ):
             if self.device_type != "cuda":  # host seams (benchmarks, CPU tests): plan in C, upload via torch
-                planner = native_plan.Planner(planner.plan)
-            native = _NativeDecode(
-                planner,
-                kernel,
-                variant,
-                num_qo_heads,
-                num_kv_heads,
-                page_size,
-                split_kv,
-                knobs["window_left"],
+                planner = planner._replace(upload=None, prefill_upload=None)
+            problem = dict(
+                num_qo_heads=num_qo_heads,
+                num_kv_heads=num_kv_heads,
+                page_size=page_size,
+                window_left=knobs["window_left"],
+                split_kv=split_kv,
+                kv_bytes=KV_BYTES[variant.kv_dtype],
+                cost=cost,
+                mask=variant.mask,
             )
+            native = _Native(planner, kernel, variant, decode, problem)
         self.native = (key, native)
         return native
 
-    def _plan_native(self, native, kv_indptr, kv_indices, kv_last_page_len, knobs) -> bool:
+    def _plan_native(self, native, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, knobs) -> bool:
         """Engine.plan through the C planner: False (nothing done) for inputs it does not take as they
-        are (lists, int64, CUDA index arrays...), which the Python path converts and checks."""
-        indptr, last = _int32_host(kv_indptr), _int32_host(kv_last_page_len)
-        if indptr is None or last is None or last[1] != indptr[1] - 1:
+        are (lists, int64, CUDA index arrays...) and for errors, which the Python path converts, checks
+        and raises as it always did."""
+        kv = _int32_host(kv_indptr)
+        last = _int32_host(kv_last_page_len) if self.paged else (None, None)
+        qo = None if native.decode else _int32_host(qo_indptr)
+        if kv is None or last is None or (qo is None and not native.decode):
             return False
-        batch = last[1]
+        batch = kv[1] - 1
+        if (self.paged and last[1] != batch) or (qo is not None and qo[1] != batch + 1) or batch < 0:
+            return False
         on_device = isinstance(kv_indices, torch.Tensor) and kv_indices.device.type == self.device_type
+        indices, num_indices = None, 0
         if on_device:
-            indices, num_indices = None, kv_indices.shape[0]
-        else:
+            num_indices = kv_indices.shape[0]
+        elif self.paged:
             host = _int32_host(kv_indices)
             if host is None:
                 return False
             indices, num_indices = host
         if self.graph and num_indices > self.max_pages:
             return False  # an error: the Python path raises it after checking the index arrays, as always
-        key = None if self.graph else (batch, 0 if on_device else num_indices)
+        num_tokens = batch if qo is None else ctypes.c_int32.from_address(qo[0] + 4 * batch).value
+        key = None if self.graph else (batch, num_tokens, 0 if indices is None else num_indices)
         entry = native.entries.get(key)
         if entry is None:
-            lay = self._native_layout(native, batch, key)
+            lay = self._native_layout(native, key)
             if lay is None:
                 return False
             entry = native.add(key, lay, self.graph)
         lay, cfg_ref, cfg = entry
         result = abi.PlanResult()
         ref, staging = ctypes.byref(result), self.staging
-        args = (cfg_ref, indptr[0], last[0], indices, batch, num_indices)
-        if native.upload is not None:  # the wait for the last upload, the plan and its upload in one call
+        args = (cfg_ref, kv[0], last[0], indices, batch, num_indices)
+        if qo is not None:
+            args = (cfg_ref, qo[0], *args[1:])
+        upload = native.planner.upload if native.decode else native.planner.prefill_upload
+        if upload is not None:  # the wait for the last upload, the plan and its upload in one call
             staging.grow(lay.metadata_bytes)
             stream = torch._C._cuda_getCurrentRawStream(self.device_index)
-            if native.upload(*args, staging.ptr, ref, self.workspace_ptr, stream, staging.event()):
-                raise native_error(result)
+            err = upload(*args, staging.ptr, ref, self.workspace_ptr, stream, staging.event())
         else:
             staging.reserve(lay.metadata_bytes)
-            if native.plan(*args, staging.ptr, ref):
+            err = (native.planner.plan if native.decode else native.planner.prefill)(*args, staging.ptr, ref)
+            if not err:
+                staging.upload(self.workspace, result.upload_bytes)
+        if err:
+            if err == abi.PLAN_CUDA or native.decode:
                 raise native_error(result)
-            staging.upload(self.workspace, result.upload_bytes)
+            return False  # prefill: the Python path raises the error, in its order
         if on_device:
             self._indices_from_device(kv_indices, lay, num_indices)
 
         self.plan_ = native_plan.NativePlan(result, self.staging.array, cfg)
         self.variant, self.layout = native.variant, lay
         self.rows = lay.capacity.batch + 1 if self.graph else batch + 1
-        self.counts = (result.grid, result.merge_indptr_len)
+        self.counts = (result.grid, result.merge_indptr_len, result.num_merge_entries)
         self.split = self.graph or result.chunk_size > 0
         self.user_indices = kv_indices if on_device and not self.graph else None
         self.knobs = knobs
-        self.bounds = (batch, 0, None if on_device else kv_indices, result.kv_used)
+        kv_used = result.kv_used
+        self.bounds = (num_tokens, 0 if self.paged else kv_used, None if on_device else kv_indices, kv_used)
         if not self.graph:
             self.prepared, self.views = {}, None
         return True
 
-    def _native_layout(self, native, batch, key):
+    def _native_layout(self, native, key):
         """The layout the Python path would size for this batch (graph mode: the fixed one), or None where
         the workspace does not fit it (the Python path raises that after checking the index arrays)."""
         if key is None:
             try:
                 return self._fixed_layout(
-                    native.variant, native.num_qo_heads, native.num_kv_heads, native.kernel
+                    native.variant,
+                    native.problem["num_qo_heads"],
+                    native.problem["num_kv_heads"],
+                    native.kernel,
                 )
             except InvalidArgument:
                 return None
-        k, host_pages = native.kernel, key[1]
-        n = max(batch, 1)
+        batch, num_tokens, host_pages = key
+        k, hq = native.kernel, native.problem["num_qo_heads"]
         lay = _layout(
-            n,
-            n,
-            native.num_qo_heads // native.num_kv_heads,
+            max(batch, 1),
+            max(num_tokens, 1),
+            hq // native.problem["num_kv_heads"],
             k.cta_tile_q,
             k.num_sms,
-            True,
+            native.decode,
             host_pages,
-            native.num_qo_heads,
+            hq,
             native.variant.head_dim,
         )
         return lay if self.workspace_bytes >= lay.total_bytes else None
@@ -754,12 +773,12 @@ class Engine:
             return ws[offset : offset + count * 4].view(dtype)  # int32 and float32 alike
 
         cap = lay.capacity
-        grid, merge_rows = self.counts
+        grid, merge_rows, merge_entries = self.counts
         views = {
             "work": view(lay.work, grid * abi.WORK_ITEM_FIELDS).view(-1, abi.WORK_ITEM_FIELDS),
             "kv_indptr": view(lay.kv_indptr, rows),
             "merge_indptr": view(lay.merge_indptr, merge_rows),
-            "merge_indices": view(lay.merge_indices, cap.partial_rows if self.graph else p.num_partial_rows),
+            "merge_indices": view(lay.merge_indices, cap.partial_rows if self.graph else merge_entries),
         }
         if self.paged:
             views["kv_last_page_len"] = view(lay.kv_last_page_len, rows - 1)
@@ -806,35 +825,20 @@ def _int32_host(values) -> tuple[int, int] | None:
 
 
 @functools.cache
-def decode_planner(variant: Variant, device_index: int):
-    """The C decode planner of the pack that runs `variant` on this GPU, or None (a pack without it)."""
+def native_planner(variant: Variant, device_index: int) -> native_plan.Planner | None:
+    """The C planner of the pack that runs `variant` on this GPU, or None (a pack without it)."""
     pack = loader.find_kernel(variant, torch.cuda.get_device_capability(device_index)).pack
-    plan, upload = pack.planner("decode"), pack.planner("decode_upload")
-    if plan is None:
-        return None
-    return native_plan.Planner(native_plan.bind(plan), upload and native_plan.bind_upload(upload))
+    return native_plan.planner_of(pack)
 
 
-class _NativeDecode:
-    """One decode problem's C planner: its function and, per workspace layout, the config struct."""
+class _Native:
+    """One problem's C planner: the pack's functions and, per workspace layout, the config struct."""
 
-    def __init__(
-        self, planner, kernel, variant, num_qo_heads, num_kv_heads, page_size, split_kv, window_left
-    ):
-        self.plan, self.upload = planner
-        self.kernel, self.variant = kernel, variant
-        self.num_qo_heads, self.num_kv_heads = num_qo_heads, num_kv_heads
-        self.problem = dict(
-            num_qo_heads=num_qo_heads,
-            num_kv_heads=num_kv_heads,
-            page_size=page_size,
-            window_left=window_left,
-            split_kv=split_kv,
-            kv_bytes=KV_BYTES[variant.kv_dtype],
-            cost=scheduler.DEFAULT_COST,
-        )
-        # per batch size and host page count (graph mode: key None): (layout, config reference, config)
-        self.entries: dict[tuple[int, int] | None, tuple] = {}
+    def __init__(self, planner: native_plan.Planner, kernel, variant, decode: bool, problem: dict):
+        self.planner, self.kernel, self.variant, self.decode = planner, kernel, variant, decode
+        self.problem = problem  # native_plan.config's arguments but the layout's
+        # per (batch, query tokens, host page count); graph mode: key None -> (layout, config ref, config)
+        self.entries: dict[tuple[int, int, int] | None, tuple] = {}
 
     def add(self, key, lay: scheduler.WorkspaceLayout, fixed_grid: bool) -> tuple:
         cfg = native_plan.config(lay, self.kernel, fixed_grid=fixed_grid, **self.problem)

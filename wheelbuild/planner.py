@@ -1,4 +1,4 @@
-"""The host planner's unit (kernels/csrc/plan/decode_planner.cpp): host C++ linked into every pack, and a
+"""The host planner's unit (kernels/csrc/plan/planner.cpp): host C++ linked into every pack, and a
 host-only shared object of it for machines without nvcc (CPU tests, benchmarks/plan_time.py).
 
 The manifest names its entry points under "planner"; kernels/native_plan.py calls them.
@@ -9,8 +9,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-SOURCE = Path("plan") / "decode_planner.cpp"  # relative to the kernel sources (kernels/csrc)
-SYMBOLS = {"decode": "fib_plan_decode", "decode_upload": "fib_plan_decode_upload"}
+SOURCE = Path("plan") / "planner.cpp"  # relative to the kernel sources (kernels/csrc)
+SYMBOLS = {
+    "decode": "fib_plan_decode",
+    "decode_upload": "fib_plan_decode_upload",
+    "prefill": "fib_plan_prefill",
+    "prefill_upload": "fib_plan_prefill_upload",
+}
 LABEL = "planner"  # its build edge's label and its object's name in the cache
 # No FMA contraction: the planner's float64 cost model must round exactly as Python's does.
 HOST_FLAGS = ("-std=c++17", "-O2", "-DNDEBUG", "-fPIC", "-ffp-contract=off")

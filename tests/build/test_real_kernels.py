@@ -68,12 +68,9 @@ def test_each_pack_links_the_host_planner_and_it_plans_as_python_does(packs):
     kernel = scheduler.KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=64, cta_tile_kv=64)
     for pack_dir in result.packs.values():
         pack = KernelPack(pack_dir)
-        assert pack.manifest["planner"] == {
-            "decode": "fib_plan_decode",
-            "decode_upload": "fib_plan_decode_upload",
-        }
-        fn = native_plan.bind(pack.planner("decode"))
-        upload = native_plan.bind_upload(pack.planner("decode_upload"))
+        planner = native_plan.planner_of(pack)
+        assert set(pack.manifest["planner"]) == {"decode", "decode_upload", "prefill", "prefill_upload"}
+        fn, upload = planner.plan, planner.upload
         for kv in ([32768] + [512] * 255, [8192] * 64):
             pages = [-(-n // 16) for n in kv]
             indptr = np.concatenate([[0], np.cumsum(pages)]).astype(np.int32)

@@ -36,6 +36,7 @@ PLAN_CONSTANTS = {
         "FIB_PLAN_SLOT_OVER",
         "FIB_PLAN_BAD_CONFIG",
         "FIB_PLAN_CUDA",
+        "FIB_PLAN_QO_INDPTR",
     )
 }
 

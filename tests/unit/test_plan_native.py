@@ -1,4 +1,4 @@
-"""The C planner (kernels/csrc/plan/decode_planner.cpp) against its specification, kernels/scheduler.py: on
+"""The C planner (kernels/csrc/plan/planner.cpp) against its specification, kernels/scheduler.py: on
 random paged decode batches both write the same staging bytes and report the same plan; bad input gives
 the Python path's errors. Built here with the host C++ compiler (packs link the same source)."""
 
@@ -243,3 +243,108 @@ def test_native_plan_rejects_a_batch_over_the_graph_bound(host_planner):
     )  # fmt: skip
     with pytest.raises(ValueError, match="batch size 5 exceeds the wrapper's max batch size 4"):
         raise wrapper_engine.native_error(r)
+
+
+def prefill_staging(planner, lay, kernel, qo_ptr, kv_ptr, last, indices, num_indices, graph, mask, **kw):
+    cfg = native_plan.config(lay, kernel, fixed_grid=graph, mask=mask, **kw)
+    host = np.full(lay.metadata_bytes // 4, -7, np.int32)
+    result = abi.PlanResult()
+    ptrs = [None if a is None else a.ctypes.data for a in (qo_ptr, kv_ptr, last, indices)]
+    err = planner.prefill(
+        ctypes.byref(cfg), *ptrs, qo_ptr.shape[0] - 1, num_indices, host.ctypes.data, ctypes.byref(result)
+    )
+    return err, result, host, cfg
+
+
+@SLOW
+@given(
+    lens=st.lists(
+        st.tuples(st.integers(0, 40), st.integers(0, 60_000)) | st.tuples(st.just(1), st.integers(0, 5000)),
+        min_size=0,
+        max_size=64,
+    ),
+    kernel=st.builds(
+        KernelShape,
+        num_sms=st.integers(1, 160),
+        ctas_per_sm=st.integers(1, 4),
+        cta_tile_q=st.sampled_from([4, 16, 64, 128]),
+        cta_tile_kv=st.sampled_from([16, 64]),
+    ),
+    heads=st.sampled_from([(32, 8), (32, 32), (32, 1), (8, 2), (6, 3)]),
+    page=st.sampled_from([0, 1, 16, 48]),  # 0: ragged KV
+    mask=st.sampled_from(["none", "causal", "sliding_window", "custom"]),
+    window=st.integers(0, 3000),
+    split=st.booleans(),
+    graph=st.booleans(),
+    host_indices=st.booleans(),
+    cost=st.sampled_from([scheduler.PREFILL_COST, CHEAP_SPLITS]),
+    extra=st.integers(0, 40),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_native_prefill_plan_writes_the_python_plans_bytes(
+    host_planner, lens, kernel, heads, page, mask, window, split, graph, host_indices, cost, extra, seed
+):
+    hq, hkv = heads
+    rng = np.random.default_rng(seed)
+    qo = [q for q, _ in lens]
+    kv = [max(k, q) for q, k in lens]  # query length <= KV length
+    qo_ptr = np.concatenate([[0], np.cumsum(qo)]).astype(np.int32)
+    tokens = int(qo_ptr[-1])
+    if page:
+        kv_ptr, last, all_indices = paged(kv, page, rng)
+    else:
+        kv_ptr, last = np.concatenate([[0], np.cumsum(kv)]).astype(np.int32), None
+        all_indices = np.zeros(0, np.int32)
+    indices = all_indices if (host_indices and page) else None
+    num_indices = all_indices.shape[0]
+    group, batch = hq // hkv, len(lens)
+    host_pages = num_indices if (indices is not None or (graph and page)) else 0
+    bound = (lambda n: max(n + extra, 1)) if graph else (lambda n: max(n, 1))
+    cap = scheduler.capacity(
+        max_batch=bound(batch),
+        max_tokens=bound(tokens),
+        group=group,
+        cta_tile_q=kernel.cta_tile_q,
+        num_sms=kernel.num_sms,
+        decode=False,
+        max_pages=host_pages + (extra if graph else 0),
+    )
+    lay = scheduler.layout(cap, hq, 128)
+    window_left = window if mask == "sliding_window" else -1
+    p = scheduler.plan(
+        qo, kv, num_qo_heads=hq, num_kv_heads=hkv, page_size=max(page, 1), kernel=kernel, mask=mask,
+        window_left=window_left, split_kv=split, capacity=cap, fixed_grid=graph, cost=cost,
+    )  # fmt: skip
+    rows = cap.batch + 1 if graph else batch + 1
+
+    def pad(values, n):
+        fill = values[-1] if values.shape[0] else 0
+        return np.concatenate([values, np.full(n - values.shape[0], fill, np.int32)])
+
+    arrays = {"kv_indptr": pad(kv_ptr, rows)}
+    if page:
+        arrays["kv_last_page_len"] = pad(last, rows - 1)
+    if indices is not None:
+        arrays["kv_indices"] = indices
+    arrays["qo_indptr"] = pad(qo_ptr, rows)
+    want = np.full(lay.metadata_bytes // 4, -7, np.int32)
+    want_bytes = scheduler.pack_metadata(p, lay, want, arrays)
+    event(f"split: {p.split}, one tile per request: {p.work.shape[0] == batch}")
+
+    kw = dict(num_qo_heads=hq, num_kv_heads=hkv, page_size=max(page, 1), window_left=window_left)
+    err, r, got, cfg = prefill_staging(
+        host_planner, lay, kernel, qo_ptr, kv_ptr, last, indices, num_indices, graph, mask,
+        split_kv=split, kv_bytes=2, cost=cost, **kw,
+    )  # fmt: skip
+    assert err == 0, r.error
+    np.testing.assert_array_equal(got, want)
+    assert r.upload_bytes == want_bytes
+    q = native_plan.NativePlan(r, got, cfg).to_plan()
+    assert (q.num_items, q.chunk_size, q.num_partial_rows, q.num_tokens) == (
+        p.num_items,
+        p.chunk_size,
+        p.num_partial_rows,
+        p.num_tokens,
+    )
+    assert q.estimate == p.estimate
+    np.testing.assert_array_equal(q.merge_indices, p.merge_indices)

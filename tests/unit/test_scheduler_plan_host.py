@@ -84,7 +84,7 @@ def host_seams(request, monkeypatch):
     planner = request.getfixturevalue("host_planner") if request.param == "C" else None
     monkeypatch.setattr(wrapper_engine, "check_workspace", lambda workspace: None)
     monkeypatch.setattr(wrapper_engine, "kernel_shape", lambda variant, index: SHAPE)
-    monkeypatch.setattr(wrapper_engine, "decode_planner", lambda variant, index: planner)
+    monkeypatch.setattr(wrapper_engine, "native_planner", lambda variant, index: planner)
     monkeypatch.setattr(wrapper_engine, "Staging", HostStaging)
     return request.param
 
@@ -227,3 +227,47 @@ def test_graph_wrapper_plans_pad_to_the_bounds(host_seams):
         words[lay.kv_last_page_len // 4 :][:8], np.concatenate([last, [last[-1]] * 5])
     )
     np.testing.assert_array_equal(words[lay.merge_indptr // 4 :][:9], expect.merge_indptr)
+
+
+@pytest.mark.parametrize("paged", [True, False])
+def test_prefill_wrapper_plan_on_host_seams_packs_the_scheduler_plan(host_seams, paged):
+    rng = np.random.default_rng()
+    qo = [int(rng.integers(0, 4)) for _ in range(12)] + [7]  # short appends and one over long KV: split
+    kv = [q + int(rng.integers(0, 500)) for q in qo[:-1]] + [30_000]
+    qo_ptr = np.concatenate([[0], np.cumsum(qo)]).astype(np.int32)
+    if paged:
+        pages = [-(-n // 16) for n in kv]
+        kv_ptr = np.concatenate([[0], np.cumsum(pages)]).astype(np.int32)
+        last = np.array([n - (p - 1) * 16 if p else 0 for n, p in zip(kv, pages, strict=True)], np.int32)
+        extra = dict(
+            kv_indices=torch.arange(int(kv_ptr[-1]), dtype=torch.int32),
+            kv_last_page_len=torch.from_numpy(last),
+        )
+    else:
+        kv_ptr, extra = np.concatenate([[0], np.cumsum(kv)]).astype(np.int32), {}
+    ws = aligned_workspace(1 << 26)
+    w = wrappers.BatchPrefillWrapper(ws, paged=paged)
+    for mask in ("causal", "none"):
+        ws.zero_()
+        w.plan(
+            torch.from_numpy(qo_ptr), torch.from_numpy(kv_ptr), 32, 8, 128, mask=mask, page_size=16, **extra
+        )
+        assert isinstance(w._engine.plan_, native_plan.NativePlan) == (host_seams == "C")
+        lay, p = w._engine.layout, w.plan_info
+        expect = scheduler.plan(
+            qo, kv, num_qo_heads=32, num_kv_heads=8, page_size=16 if paged else 1, kernel=SHAPE, mask=mask,
+            capacity=lay.capacity, cost=scheduler.PREFILL_COST,
+        )  # fmt: skip
+        assert p.split and p.chunk_size == expect.chunk_size and p.estimate == expect.estimate
+        words = ws.view(torch.int32).numpy()
+        np.testing.assert_array_equal(words[lay.work // 4 :][: expect.work.size], expect.work.reshape(-1))
+        n = expect.merge_indptr.shape[0]
+        np.testing.assert_array_equal(words[lay.merge_indptr // 4 :][:n], expect.merge_indptr)
+        n = expect.merge_indices.shape[0]
+        np.testing.assert_array_equal(words[lay.merge_indices // 4 :][:n], expect.merge_indices)
+        np.testing.assert_array_equal(words[lay.qo_indptr // 4 :][:14], qo_ptr)
+        np.testing.assert_array_equal(words[lay.kv_indptr // 4 :][:14], kv_ptr)
+    with pytest.raises(InvalidArgument, match="qo_indptr must be non-decreasing"):
+        bad = qo_ptr.copy()
+        bad[3] = bad[4] + 1
+        w.plan(torch.from_numpy(bad), torch.from_numpy(kv_ptr), 32, 8, 128, page_size=16, **extra)

@@ -1,4 +1,4 @@
-/* ABI layer of the host planner: the C interface of decode_planner.cpp (ctypes mirror: kernels/abi.py).
+/* ABI layer of the host planner: the C interface of planner.cpp (ctypes mirror: kernels/abi.py).
  *
  * A kernel pack that links the planner exports (its manifest names it under "planner"):
  *   int fib_plan_decode(const fib_plan_config* config, const int32_t* kv_indptr, const int32_t* kv_last_page_len,
@@ -28,10 +28,12 @@ typedef struct fib_plan_config {
   int32_t num_sms, ctas_per_sm, cta_tile_q, cta_tile_kv;  /* scheduler.KernelShape */
   int32_t cap_batch, cap_tokens, cap_work_items, cap_partial_rows, cap_pages;  /* scheduler.Capacity */
   /* first int32 entry of each metadata buffer in the staging buffer (scheduler.WorkspaceLayout / 4) */
-  int32_t at_work, at_merge_indptr, at_merge_indices, at_kv_indptr, at_kv_last_page_len, at_kv_indices;
+  int32_t at_work, at_merge_indptr, at_merge_indices, at_kv_indptr, at_kv_last_page_len, at_kv_indices,
+      at_qo_indptr;
   /* scheduler.CostModel, passed in so that its constants live in Python only */
   double item_overhead, solo_speedup, wave_fill, merge_launch, partial_bytes_per_key_byte, min_gain;
-  int32_t num_split_factors, reserved;
+  int32_t num_split_factors;
+  int32_t mask;  /* prefill: 0 none or custom, 1 causal, 2 sliding window (decode reads window_left only) */
   double split_factors[FIB_PLAN_MAX_FACTORS];
 } fib_plan_config;
 
@@ -48,11 +50,12 @@ enum {
   FIB_PLAN_SLOT_OVER = 8,        /* a buffer overflows its slot: values = {slot, entries, limit} */
   FIB_PLAN_BAD_CONFIG = 9,       /* a config the planner does not take (e.g. too many split factors) */
   FIB_PLAN_CUDA = 10,            /* the upload failed: values = {cudaError_t} */
+  FIB_PLAN_QO_INDPTR = 11,       /* prefill: qo_indptr does not start at 0 or decreases */
 };
 
 /* slots for FIB_PLAN_SLOT_OVER, in layout order */
 enum { FIB_SLOT_WORK, FIB_SLOT_MERGE_INDPTR, FIB_SLOT_MERGE_INDICES, FIB_SLOT_KV_INDPTR,
-       FIB_SLOT_KV_LAST_PAGE_LEN, FIB_SLOT_KV_INDICES };
+       FIB_SLOT_KV_LAST_PAGE_LEN, FIB_SLOT_KV_INDICES, FIB_SLOT_QO_INDPTR };
 
 /* scheduler.Plan without its arrays (they are in the staging buffer) */
 typedef struct fib_plan_result {
@@ -60,10 +63,12 @@ typedef struct fib_plan_result {
   int32_t num_items;        /* real work items */
   int32_t grid;             /* work items written, padding included */
   int32_t merge_indptr_len; /* entries of merge_indptr written */
-  int32_t num_partial_rows; /* = entries of merge_indices written */
+  int32_t num_partial_rows; /* partial-state rows the plan uses */
   int32_t chunk_size;       /* 0: nothing split */
   int32_t num_candidates;
-  int32_t num_tokens;       /* query tokens: the batch */
+  int32_t num_tokens;       /* query tokens */
+  int32_t num_merge_entries; /* entries of merge_indices written */
+  int32_t reserved;
   int64_t values[3];
   int64_t kv_used;          /* kv_indptr[batch]: page ids the batch reads */
   int64_t upload_bytes;     /* bytes of staging up to the end of the last buffer written */
@@ -76,6 +81,13 @@ int fib_plan_decode(const fib_plan_config* config, const int32_t* kv_indptr, con
                     const int32_t* kv_indices, int64_t batch, int64_t num_indices, int32_t* staging,
                     fib_plan_result* result);
 
+/* The same for a prefill batch (scheduler.plan with query lengths): qo_indptr [batch + 1]; kv_indptr in
+ * pages with kv_last_page_len, or in tokens (ragged KV) when kv_last_page_len is NULL. The staging
+ * buffer gets qo_indptr after the KV arrays, as Engine.plan writes it. */
+int fib_plan_prefill(const fib_plan_config* config, const int32_t* qo_indptr, const int32_t* kv_indptr,
+                     const int32_t* kv_last_page_len, const int32_t* kv_indices, int64_t batch, int64_t num_indices,
+                     int32_t* staging, fib_plan_result* result);
+
 /* Packs only (built with FIB_PLAN_UPLOAD and the CUDA runtime): waits for the event `uploaded` (the last
  * upload from this pinned staging buffer), plans as fib_plan_decode, then copies the upload_bytes to
  * `workspace` (device) asynchronously on `stream` and records `uploaded` there. cudaEvent_t and
@@ -83,6 +95,10 @@ int fib_plan_decode(const fib_plan_config* config, const int32_t* kv_indptr, con
 int fib_plan_decode_upload(const fib_plan_config* config, const int32_t* kv_indptr, const int32_t* kv_last_page_len,
                            const int32_t* kv_indices, int64_t batch, int64_t num_indices, int32_t* staging,
                            fib_plan_result* result, void* workspace, void* stream, void* uploaded);
+int fib_plan_prefill_upload(const fib_plan_config* config, const int32_t* qo_indptr, const int32_t* kv_indptr,
+                            const int32_t* kv_last_page_len, const int32_t* kv_indices, int64_t batch,
+                            int64_t num_indices, int32_t* staging, fib_plan_result* result, void* workspace,
+                            void* stream, void* uploaded);
 
 #ifdef __cplusplus
 }
