@@ -1,5 +1,5 @@
-"""The host planner in C++ (kernels/csrc/plan/planner.cpp), through ctypes: a paged decode batch's
-validation, plan and staging in one foreign call.
+"""The host planner in C++ (kernels/csrc/plan/planner.cpp), through ctypes: a decode or prefill batch's
+validation, plan and staging (and, in packs, its upload) in one foreign call.
 
 kernels/scheduler.py stays the specification (tests/unit/test_plan_native.py checks both write the same
 bytes); this module only turns its configuration into the C struct once per workspace layout, calls

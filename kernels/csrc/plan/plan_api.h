@@ -1,12 +1,11 @@
 /* ABI layer of the host planner: the C interface of planner.cpp (ctypes mirror: kernels/abi.py).
  *
- * A kernel pack that links the planner exports (its manifest names it under "planner"):
- *   int fib_plan_decode(const fib_plan_config* config, const int32_t* kv_indptr, const int32_t* kv_last_page_len,
- *                       const int32_t* kv_indices, int64_t batch, int64_t num_indices, int32_t* staging,
- *                       fib_plan_result* result);   // returns result->error
- * It is kernels/scheduler.py's `plan` for a paged decode batch, written straight into the pinned staging
- * buffer (int32 entries, laid out like the workspace's metadata): the Python planner is its specification
- * and tests/unit/test_plan_native.py checks that both write the same bytes. Host memory only; no CUDA.
+ * A kernel pack that links the planner exports fib_plan_decode and fib_plan_prefill (and their _upload
+ * forms; its manifest names them under "planner"), each returning result->error. They are
+ * kernels/scheduler.py's `plan` for a paged decode batch and for a prefill batch (paged or ragged KV),
+ * validation included, written straight into the pinned staging buffer (int32 entries, laid out like the
+ * workspace's metadata): the Python planner is their specification and tests/unit/test_plan_native.py
+ * checks that both write the same bytes. Host memory only, except the _upload forms' one copy.
  * Kept apart from api.h so that the kernels' cache keys do not depend on it.
  */
 #ifndef FIB_PLAN_API_H_

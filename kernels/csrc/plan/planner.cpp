@@ -1,10 +1,11 @@
-// Scheduling layer, host only: kernels/scheduler.py's `plan` for a paged decode batch (one query token per
-// request, the request's query heads in one tile), validation and staging included, in one call.
+// Scheduling layer, host only: kernels/scheduler.py's `plan` in C++, validation and staging included, in
+// one call: paged decode batches (one query token per request, its query heads in one tile) first, then
+// prefill batches (query tiles of any shape, causal and sliding-window ranges, per-token merge index).
 //
 // The Python planner is the specification: every step below names the function it follows, and the
 // arithmetic is done in the same order and precision (float64, glibc's exp, round half to even), so
 // that both write the same work list, merge index and estimates (tests/unit/test_plan_native.py).
-// Decode plans run for every generated token; in Python they cost ~25 numpy calls of 1-2 us each.
+// Plans run for every generated token; in Python they cost ~25 numpy calls of 1-2 us each.
 #include "plan_api.h"
 
 #include <algorithm>
