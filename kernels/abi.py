@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes as C
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _p = C.c_void_p
 _i32p = C.POINTER(C.c_int32)

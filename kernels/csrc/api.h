@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define FIB_ABI_VERSION 1
+#define FIB_ABI_VERSION 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -33,10 +33,13 @@ typedef struct fib_work_item {
 
 /* Decode and prefill, paged or ragged KV. */
 typedef struct fib_attention_params {
-  /* q: [total_q, num_qo_heads, head_dim]; request r owns tokens [qo_indptr[r], qo_indptr[r+1]) */
+  /* q: [total_q, num_qo_heads, head_dim]; request r owns tokens [qo_indptr[r], qo_indptr[r+1]).
+   * Decode: NULL (one query per request, token r), or, for variants without mask or positions,
+   * each request's first token qo_indptr[r] (only that entry is read): several tokens that see every
+   * key, packed as row = token * group_size + head_in_group (a cascade's shared level). */
   const void* q;
   int64_t q_stride_n, q_stride_h;
-  const int32_t* qo_indptr;        /* [batch_size + 1]; NULL for decode: one query per request */
+  const int32_t* qo_indptr;        /* [batch_size + 1] */
 
   /* Paged KV (kv_indices != NULL): k/v [num_pages, ...] with token j of request r in page
    * kv_indices[kv_indptr[r] + j / page_size] at slot j % page_size; the last page holds
