@@ -7,10 +7,14 @@ Every query token attends each level's KV of its group, and the per-level states
 log-sum-exp into attention over the concatenated KV (prefix first). Levels compose: a prefix shared
 by all, a sub-prefix shared by some, then each request's own suffix.
 
-How it runs: a level whose requests have one query each runs the decode kernel; a level whose groups
-stack several queries runs the prefill kernel on them, so a shared prefix's KV is read once per
+How it runs: a shared level's groups stack their queries into one request, so its KV is read once per
 group, not once per query. Shared levels use mask 'none' (the prefix precedes every query); the last
-level is causal when it holds several queries per request (appending). Every level writes float32
+level is causal when it holds several queries per request (appending). A level runs the decode kernel
+when its requests have one query each, or when it is shared and each group's stacked query rows
+(queries x GQA group) fit one decode CTA (64 rows): that CTA holds them all and streams the KV once,
+split over KV chunks like any decode batch. Other levels (appending, or groups too large for one
+decode CTA) run the prefill kernel, whose 128-row tile would be mostly padding for a few samples of a
+prompt (measured at 16 samples of a 4k prompt, 32/8 heads: docs/PERFORMANCE.md). Every level writes float32
 partial states into one buffer (the levels run side by side on forked streams: their rows are
 disjoint), and ONE merge launch combines, for each token, its states across levels and KV chunks
 (kernels/scheduler.py plans each level, splitting long KV as usual). Position-dependent variants
@@ -51,6 +55,7 @@ class CascadePlan:
 
     levels: tuple[Plan, ...]
     level_qo_lens: tuple[np.ndarray, ...]
+    families: tuple[str, ...]
     masks: tuple[str, ...]
     merge_indptr: np.ndarray  # int32 [num_tokens + 1]
     merge_indices: np.ndarray  # int32, partial rows of all levels
@@ -58,8 +63,20 @@ class CascadePlan:
     num_tokens: int
 
 
-def level_family(qo_lens: np.ndarray) -> str:
-    return "decode" if qo_lens.shape[0] and (qo_lens == 1).all() else "prefill"
+def one_query_each(qo_lens: np.ndarray) -> bool:
+    return bool(qo_lens.shape[0]) and bool((qo_lens == 1).all())
+
+
+def level_families(qo_lens: Sequence[np.ndarray], group: int, decode_tile_q: int) -> tuple[str, ...]:
+    """The kernel family of each level (module docstring): decode for one query per request, or for a
+    shared level whose stacked rows (qo_len x group) fit decode_tile_q; prefill otherwise."""
+    last = len(qo_lens) - 1
+    return tuple(
+        "decode"
+        if one_query_each(qo) or (i < last and qo.shape[0] and int(qo.max()) * group <= decode_tile_q)
+        else "prefill"
+        for i, qo in enumerate(qo_lens)
+    )
 
 
 def level_mask(level: int, num_levels: int, family: str) -> str:
@@ -73,12 +90,14 @@ def plan_cascade(
     num_kv_heads: int,
     page_size: int,
     kernels: Sequence[KernelShape],
+    families: Sequence[str],
     kv_bytes: int = 2,
     split_kv: bool = True,
     cost: CostModel | None = None,
 ) -> CascadePlan:
-    """levels: (qo_lens, kv_lens) per level; kernels: the KernelShape of each level's kernel; cost:
-    one cost model for every level (default: the decode or prefill model of the level's kernel)."""
+    """levels: (qo_lens, kv_lens) per level; families and kernels: each level's kernel family
+    (level_families) and KernelShape; cost: one cost model for every level (default: the decode or
+    prefill model of the level's kernel)."""
     if not levels:
         raise ValueError("a cascade needs at least one level")
     qo_all = [np.asarray(qo, dtype=np.int64).reshape(-1) for qo, _ in levels]
@@ -91,11 +110,12 @@ def plan_cascade(
             )
     plans, masks, base = [], [], 0
     tokens, rows = [], []
-    for i, ((_, kv), qo, kernel) in enumerate(zip(levels, qo_all, kernels, strict=True)):
-        family = level_family(qo)
+    for i, ((_, kv), qo, kernel, family) in enumerate(zip(levels, qo_all, kernels, families, strict=True)):
+        if family not in ("decode", "prefill"):
+            raise ValueError(f"level {i}: family must be 'decode' or 'prefill', got {family!r}")
         masks.append(level_mask(i, len(levels), family))
         p = scheduler.plan(
-            None if family == "decode" else qo,
+            None if one_query_each(qo) else qo,
             kv,
             num_qo_heads=num_qo_heads,
             num_kv_heads=num_kv_heads,
@@ -120,6 +140,7 @@ def plan_cascade(
     return CascadePlan(
         tuple(plans),
         tuple(qo_all),
+        tuple(families),
         tuple(masks),
         indptr.astype(np.int32),
         np.concatenate(rows)[order].astype(np.int32),
@@ -215,7 +236,7 @@ class CascadeWrapper:
         check_heads(num_qo_heads, num_kv_heads)
         device = self.workspace.device
         device_index = device.index if device.index is not None else torch.cuda.current_device()
-        host_levels, lens, variants, kernels = [], [], [], []
+        host_levels, lens = [], []
         for i, (qo_indptr, kv_indptr, kv_indices, last_page_len) in enumerate(zip(*arrays, strict=True)):
             qo_ptr = host_index(f"qo_indptr_arr[{i}]", qo_indptr)
             kv_ptr = host_index(f"paged_kv_indptr_arr[{i}]", kv_indptr, length=qo_ptr.shape[0])
@@ -223,23 +244,19 @@ class CascadeWrapper:
             last = host_index(f"paged_kv_last_page_len_arr[{i}]", last_page_len, length=qo_ptr.shape[0] - 1)
             check_indptr(f"qo_indptr_arr[{i}]", qo_ptr)
             check_indptr(f"paged_kv_indptr_arr[{i}]", kv_ptr, indices.shape[0])
-            qo_lens = np.diff(qo_ptr)
-            family = level_family(qo_lens)
-            variant = variant_for(
-                family,
-                q_dtype,
-                kv_dtype,
-                head_dim,
-                level_mask(i, self.num_levels, family),
-                "none",
-                logits_soft_cap,
-            )
-            knobs = make_knobs(sm_scale, logits_soft_cap, 1.0, 1e4, k_scale, v_scale, -1, None)
-            check_knobs(variant, knobs, num_qo_heads)
             host_levels.append((qo_ptr, kv_ptr, indices, last))
-            lens.append((qo_lens, scheduler.kv_lengths(kv_ptr, last, page_size)))
-            variants.append(variant)
-            kernels.append(kernel_shape(variant, device_index))
+            lens.append((np.diff(qo_ptr), scheduler.kv_lengths(kv_ptr, last, page_size)))
+
+        def variant(family, mask):
+            return variant_for(family, q_dtype, kv_dtype, head_dim, mask, "none", logits_soft_cap)
+
+        decode_tile_q = kernel_shape(variant("decode", "none"), device_index).cta_tile_q
+        families = level_families([qo for qo, _ in lens], num_qo_heads // num_kv_heads, decode_tile_q)
+        knobs = make_knobs(sm_scale, logits_soft_cap, 1.0, 1e4, k_scale, v_scale, -1, None)
+        variants = [variant(f, level_mask(i, self.num_levels, f)) for i, f in enumerate(families)]
+        for v in variants:
+            check_knobs(v, knobs, num_qo_heads)
+        kernels = [kernel_shape(v, device_index) for v in variants]
         try:
             cp = plan_cascade(
                 lens,
@@ -247,6 +264,7 @@ class CascadeWrapper:
                 num_kv_heads=num_kv_heads,
                 page_size=page_size,
                 kernels=kernels,
+                families=families,
                 kv_bytes=KV_BYTES[variants[0].kv_dtype],
                 split_kv=split_kv,
             )
@@ -291,15 +309,16 @@ class CascadeWrapper:
             return _view(self.workspace, offsets[name], count, dtype)
 
         self.levels = []
-        for i, (p, variant) in enumerate(zip(cp.levels, variants, strict=True)):
+        for i, (p, v, qo_lens) in enumerate(zip(cp.levels, variants, cp.level_qo_lens, strict=True)):
             b = host_levels[i][1].shape[0]
             self.levels.append(
                 (
-                    variant,
+                    v,
                     p.num_items,
                     {
                         "work": view(f"work{i}", p.work.size).view(-1, 6),
-                        "qo_indptr": view(f"qo_indptr{i}", b) if variant.family == "prefill" else None,
+                        # The decode kernel takes it for stacked queries only (api.h).
+                        "qo_indptr": None if one_query_each(qo_lens) else view(f"qo_indptr{i}", b),
                         "kv_indptr": view(f"kv_indptr{i}", b),
                         "kv_indices": view(f"kv_indices{i}", host_levels[i][2].shape[0]),
                         "kv_last_page_len": view(f"kv_last_page_len{i}", b - 1),

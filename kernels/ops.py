@@ -208,15 +208,20 @@ def prepare_attention(
         raise InvalidArgument(
             "kv_last_page_len is only for a paged KV cache: pass kv_indices too, or leave it None"
         )
-    if variant.family == "decode":
-        if qo_indptr is not None:
-            raise InvalidArgument(
-                "decode takes one query per request: qo_indptr must be None (use a prefill variant)"
-            )
+    if variant.family == "decode" and qo_indptr is None:
         if total_q != batch_size:
             raise InvalidArgument(
                 f"decode: q has {total_q} rows but kv_indptr describes {batch_size} requests"
             )
+    elif variant.family == "decode":
+        # Stacked queries (api.h): every token sits at the end of the KV, which only variants without
+        # a mask or positions leave right for several tokens of one request.
+        if variant.mask != "none" or variant.pos != "none":
+            raise InvalidArgument(
+                f"{variant.id}: several query tokens per request (qo_indptr) need a decode variant without "
+                "mask or positions; use a prefill variant"
+            )
+        check_index("qo_indptr", qo_indptr, device=device, length=batch_size + 1)
     else:
         if qo_indptr is None:
             raise InvalidArgument("prefill needs qo_indptr (int32, batch_size + 1 entries)")

@@ -41,14 +41,32 @@ def _levels(requests, prefix, sub):
     return levels
 
 
+def _plan(level_lens, *, num_qo_heads, num_kv_heads, page_size, decode_tile_q=8, **kwargs):
+    families = cascade.level_families(
+        [np.asarray(qo) for qo, _ in level_lens], num_qo_heads // num_kv_heads, decode_tile_q
+    )
+    return cascade.plan_cascade(
+        level_lens,
+        num_qo_heads=num_qo_heads,
+        num_kv_heads=num_kv_heads,
+        page_size=page_size,
+        kernels=[KERNEL] * len(level_lens),
+        families=families,
+        **kwargs,
+    )
+
+
 @settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
 @given(
     case=cascades(),
     cheap=st.booleans(),
     soft_cap=st.sampled_from([None, 4.0]),
+    decode_tile_q=st.sampled_from([2, 8, 64]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_cascade_equals_attention_over_concatenated_kv(case, cheap, soft_cap, seed):
+def test_cascade_equals_attention_over_concatenated_kv(case, cheap, soft_cap, decode_tile_q, seed):
+    """decode_tile_q moves shared levels between the prefill plan and the stacked decode plan (tiles of
+    decode_tile_q rows where they fit, the kernel's KERNEL tiles of 8 rows either way)."""
     requests, prefix, sub = case
     gen = torch.Generator().manual_seed(seed)
     num_qo_heads, num_kv_heads, head_dim = 4, 2, 8
@@ -68,14 +86,16 @@ def test_cascade_equals_attention_over_concatenated_kv(case, cheap, soft_cap, se
     level_lens = [
         ([sum(q_lens[i] for i in members) for _, _, members in lv], [n for _, n, _ in lv]) for lv in levels
     ]
-    cp = cascade.plan_cascade(
+    cp = _plan(
         level_lens,
         num_qo_heads=num_qo_heads,
         num_kv_heads=num_kv_heads,
         page_size=4,
-        kernels=[KERNEL] * len(levels),
+        decode_tile_q=decode_tile_q,
         cost=CHEAP_SPLITS if cheap else cascade.DEFAULT_COST,
     )
+    for qo, family in zip(cp.level_qo_lens, cp.families, strict=True):
+        assert family == "prefill" or qo.max() * 2 <= decode_tile_q or (qo == 1).all()
     o, lse = emulate.execute_cascade(
         cp, q, [[k for k, _ in lv] for lv in kv], [[v for _, v in lv] for lv in kv], soft_cap=soft_cap
     )
@@ -92,49 +112,46 @@ def test_cascade_equals_attention_over_concatenated_kv(case, cheap, soft_cap, se
 
 
 def test_levels_pick_their_kernel_family_and_mask():
-    cp = cascade.plan_cascade(
-        [([4], [4096]), ([1, 1, 1, 1], [10, 20, 30, 40])],
-        num_qo_heads=32,
-        num_kv_heads=8,
-        page_size=16,
-        kernels=[KERNEL, KERNEL],
-    )
-    assert cp.masks == ("none", "none")
-    assert [cascade.level_family(qo) for qo in cp.level_qo_lens] == ["prefill", "decode"]
-    appending = cascade.plan_cascade(
-        [([6], [4096]), ([3, 3], [10, 20])],
-        num_qo_heads=32,
-        num_kv_heads=8,
-        page_size=16,
-        kernels=[KERNEL, KERNEL],
-    )
-    assert appending.masks == ("none", "causal")
+    """32/8 heads: group 4, so a decode CTA of 64 rows holds 16 stacked queries."""
+    heads = {"num_qo_heads": 32, "num_kv_heads": 8, "page_size": 16}
+    cp = _plan([([16], [4096]), ([1] * 16, [10] * 16)], decode_tile_q=64, **heads)
+    assert cp.families == ("decode", "decode") and cp.masks == ("none", "none")
+    too_many = _plan([([17], [4096]), ([1] * 17, [10] * 17)], decode_tile_q=64, **heads)
+    assert too_many.families == ("prefill", "decode") and too_many.masks == ("none", "none")
+    appending = _plan([([6], [4096]), ([3, 3], [10, 20])], decode_tile_q=64, **heads)
+    assert appending.families == ("decode", "prefill") and appending.masks == ("none", "causal")
 
 
-def test_shared_prefix_is_planned_once_per_group():
+def test_stacked_decode_level_reads_the_prefix_once_per_kv_head():
     n = 16
+    decode = KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=64, cta_tile_kv=64)
+    level_lens = [([n], [4096]), ([1] * n, [256] * n)]
     cp = cascade.plan_cascade(
-        [([n], [4096]), ([1] * n, [1] * n)],
+        level_lens,
         num_qo_heads=32,
         num_kv_heads=8,
         page_size=16,
-        kernels=[KernelShape(num_sms=132, ctas_per_sm=1, cta_tile_q=128, cta_tile_kv=64)] * 2,
+        kernels=[decode] * 2,
+        families=cascade.level_families([np.array(qo) for qo, _ in level_lens], 4, decode.cta_tile_q),
     )
     prefix = cp.levels[0]
-    keys_read = int((prefix.work[: prefix.num_items, 4] - prefix.work[: prefix.num_items, 3]).sum())
-    assert keys_read == 4096, "each prefix key is read by exactly one item (all 16 queries share a tile)"
-    assert (np.diff(cp.merge_indptr) >= 2).all(), "every token merges its prefix and its own state"
+    items = prefix.work[: prefix.num_items]
+    assert (items[:, 1] == 0).all() and (items[:, 2] == n * 4).all(), "one CTA tile holds all 64 rows"
+    assert int((items[:, 4] - items[:, 3]).sum()) == 4096, "each prefix key is read by exactly one item"
+    assert prefix.num_items > 1, "the prefix is split over KV chunks to fill the GPU"
+    assert (np.diff(cp.merge_indptr) == prefix.num_items + 1).all(), "every chunk and the own suffix merge"
+
+
+def test_family_names_are_checked():
+    with pytest.raises(ValueError, match="level 0: family must be 'decode' or 'prefill', got 'merge'"):
+        cascade.plan_cascade(
+            [([1], [10])], num_qo_heads=4, num_kv_heads=2, page_size=1, kernels=[KERNEL], families=["merge"]
+        )
 
 
 def test_levels_must_group_the_same_tokens():
     with pytest.raises(ValueError, match="level 1 groups 3 query tokens but level 0 groups 4"):
-        cascade.plan_cascade(
-            [([4], [100]), ([1, 1, 1], [1, 1, 1])],
-            num_qo_heads=4,
-            num_kv_heads=2,
-            page_size=1,
-            kernels=[KERNEL, KERNEL],
-        )
+        _plan([([4], [100]), ([1, 1, 1], [1, 1, 1])], num_qo_heads=4, num_kv_heads=2, page_size=1)
 
 
 def test_workspace_size_grows_with_levels():
