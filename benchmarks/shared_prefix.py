@@ -15,8 +15,10 @@ CUDA-graph replays of each wrapper's launches, cycling through input sets that t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
+from unittest import mock
 
 import numpy as np
 import torch
@@ -24,9 +26,11 @@ from flashinfer_build.kernels import cascade, wrappers
 from flashinfer_build.kernels.bench.timing import time_calls
 from scheduler import BF16, HKV, HQ, PAGE, D, paged_batch, sets_for
 
+PLAN = cascade.plan_cascade
 
-def _wrappers(n, prefix, suffix, device, sets):
-    """The plain and the cascade wrapper, planned, and the caches/queries/outputs of each input set."""
+
+def _batch(n, prefix, suffix, device, sets):
+    """The plain wrapper, planned; the cascade's level arrays; caches, queries and outputs per input set."""
     indptr, indices, last, caches, prefix_ids, rest = paged_batch([suffix] * n, sets, device, prefix)
     size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=n, max_num_pages=len(indices))
     plain = wrappers.BatchDecodeWrapper(torch.empty(size, dtype=torch.uint8, device=device))
@@ -41,27 +45,42 @@ def _wrappers(n, prefix, suffix, device, sets):
         [torch.from_numpy(prefix_ids), torch.from_numpy(rest)],
         [torch.tensor([PAGE], dtype=torch.int32), last],
     )
-    csize = cascade.workspace_size(
-        2, HQ, HKV, D, max_batch_size=n, max_num_tokens=n, max_num_pages=len(prefix_ids) + n * own
-    )
-    casc = cascade.CascadeWrapper(2, torch.empty(csize, dtype=torch.uint8, device=device))
-    casc.plan(*levels, HQ, HKV, D, PAGE)
     qs = [torch.randn(n, HQ, D, device=device, dtype=BF16) for _ in caches]
     outs = [torch.empty_like(q) for q in qs]
-    return plain, casc, caches, qs, outs
+    return plain, levels, list(zip(qs, caches, outs, strict=True))
+
+
+def _cascade(n, levels, device):
+    pages = sum(int(x[-1]) for x in levels[1])
+    size = cascade.workspace_size(2, HQ, HKV, D, max_batch_size=n, max_num_tokens=n, max_num_pages=pages)
+    casc = cascade.CascadeWrapper(2, torch.empty(size, dtype=torch.uint8, device=device))
+    casc.plan(*levels, HQ, HKV, D, PAGE)
+    return casc
+
+
+def _launches(casc):
+    """(levels, family, work items, chunk) of each attention launch (older trees: one per level)."""
+    plan = casc.plan_
+    if hasattr(plan, "launches"):
+        return [(x.levels, x.family, x.plan.num_items, x.plan.chunk_size) for x in plan.launches]
+    return [
+        ((i,), v.family, p.num_items, p.chunk_size)
+        for i, (p, (v, *_)) in enumerate(zip(plan.levels, casc.levels, strict=True))
+    ]
+
+
+def _time(wrapper, args):
+    return time_calls([wrapper.launcher(q, k, v, o) for q, (k, v), o in args], graph=True).median_us
 
 
 def bench_cascade(device, ns=(1, 4, 16), prefix=4096, suffix=256):
     rows = []
     for n in ns:
-        plain, casc, caches, qs, outs = _wrappers(
-            n, prefix, suffix, device, sets_for(prefix + n * suffix, device)
-        )
-        args = list(zip(qs, caches, outs, strict=True))
-        plain_t = time_calls([plain.launcher(q, k, v, o) for q, (k, v), o in args], graph=True).median_us
-        casc_t = time_calls([casc.launcher(q, k, v, o) for q, (k, v), o in args], graph=True).median_us
-        a, b = plain.run(qs[0], caches[0]), casc.run(qs[0], caches[0])
-        err = float((a.float() - b.float()).abs().max())
+        plain, levels, args = _batch(n, prefix, suffix, device, sets_for(prefix + n * suffix, device))
+        casc = _cascade(n, levels, device)
+        plain_t, casc_t = _time(plain, args), _time(casc, args)
+        q, cache, _ = args[0]
+        err = float((plain.run(q, cache).float() - casc.run(q, cache).float()).abs().max())
         rows.append(
             {
                 "n": n,
@@ -69,13 +88,38 @@ def bench_cascade(device, ns=(1, 4, 16), prefix=4096, suffix=256):
                 "cascade_us": round(casc_t, 2),
                 "speedup": round(plain_t / casc_t, 3),
                 "max_abs_diff": err,
-                "cascade_levels": [
-                    {"items": p.num_items, "chunk": p.chunk_size, "family": v.family}
-                    for p, (v, _, _) in zip(casc.plan_.levels, casc.levels, strict=True)
-                ],
+                "launches": _launches(casc),
             }
         )
     return rows
+
+
+def sweep(device, ns, rows_per_cta=(64, 32, 16), chunks=(0, 128, 256, 512, 1024), prefix=4096, suffix=256):
+    """Cascade time over cascade.STACKED_ROWS_PER_CTA and forced KV chunk sizes (0: the cost model's)."""
+    results = []
+    for n in ns:
+        plain, levels, args = _batch(n, prefix, suffix, device, sets_for(prefix + n * suffix, device))
+        plain_t = _time(plain, args)
+        for rows in rows_per_cta if n * HQ // HKV > 16 else rows_per_cta[:1]:
+            for chunk in chunks:
+                with (
+                    mock.patch.object(cascade, "STACKED_ROWS_PER_CTA", rows),
+                    mock.patch.object(cascade, "plan_cascade", functools.partial(PLAN, force_chunk=chunk)),
+                ):
+                    casc = _cascade(n, levels, device)
+                t = _time(casc, args)
+                results.append(
+                    {
+                        "n": n,
+                        "rows": rows,
+                        "chunk": chunk,
+                        "cascade_us": round(t, 2),
+                        "plain_us": round(plain_t, 2),
+                        "speedup": round(plain_t / t, 3),
+                        "launches": _launches(casc),
+                    }
+                )
+    return results
 
 
 def trace(device, n, trace_dir, prefix=4096, suffix=256):
@@ -83,10 +127,11 @@ def trace(device, n, trace_dir, prefix=4096, suffix=256):
     duration us, grid, stream), from torch.profiler's trace."""
     from torch.profiler import ProfilerActivity, profile
 
-    plain, casc, caches, qs, outs = _wrappers(n, prefix, suffix, device, 1)
+    plain, levels, args = _batch(n, prefix, suffix, device, 1)
+    q, cache, out = args[0]
     rows = []
-    for label, w in (("plain", plain), ("cascade", casc)):
-        launch = w.launcher(qs[0], *caches[0], outs[0])
+    for label, w in (("plain", plain), ("cascade", _cascade(n, levels, device))):
+        launch = w.launcher(q, *cache, out)
         launch()
         torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
@@ -123,6 +168,9 @@ def main():
     parser.add_argument("--n", default="1,4,16", help="samples per prompt, comma-separated")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--trace", metavar="DIR", help="also profile one graph replay per n into DIR")
+    parser.add_argument(
+        "--sweep", help="also sweep rows per CTA and chunk sizes at these n (comma-separated)"
+    )
     args = parser.parse_args()
     device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(0)
@@ -134,12 +182,19 @@ def main():
         "torch": torch.__version__,
         "cascade": bench_cascade(device, ns),
     }
+    if args.sweep:
+        results["sweep"] = sweep(device, [int(x) for x in args.sweep.split(",")])
     if args.trace:
         results["trace"] = {n: trace(device, n, args.trace) for n in ns}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     print(f"{results['device']}, {results['date']}")
+    for r in results.get("sweep", []):
+        print(
+            f"sweep n={r['n']:<3} rows/CTA {r['rows']:3} chunk {r['chunk']:5}: {r['cascade_us']:7.1f} us "
+            f"(plain {r['plain_us']:.1f}, {r['speedup']:.2f}x)  {r['launches']}"
+        )
     for n, rows in results.get("trace", {}).items():
         print(
             f"one graph replay, n = {n}: {'wrapper':8} {'kernel':40} {'start us':>9} {'dur us':>8} "
@@ -157,7 +212,7 @@ def main():
     for r in results["cascade"]:
         print(
             f"{r['n']:<20} {r['plain_us']:9.1f} {r['cascade_us']:11.1f} {r['speedup']:8.2f} "
-            f"{r['max_abs_diff']:11.3g}  {r['cascade_levels']}"
+            f"{r['max_abs_diff']:11.3g}  {r['launches']}"
         )
 
 

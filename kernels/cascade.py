@@ -11,15 +11,19 @@ How it runs: a shared level's groups stack their queries into one request, so it
 group, not once per query. Shared levels use mask 'none' (the prefix precedes every query); the last
 level is causal when it holds several queries per request (appending). A level runs the decode kernel
 when its requests have one query each, or when it is shared and each group's stacked query rows
-(queries x GQA group) fit one decode CTA (64 rows): that CTA holds them all and streams the KV once,
-split over KV chunks like any decode batch. Other levels (appending, or groups too large for one
-decode CTA) run the prefill kernel, whose 128-row tile would be mostly padding for a few samples of a
-prompt (measured at 16 samples of a 4k prompt, 32/8 heads: docs/PERFORMANCE.md). Every level writes float32
-partial states into one buffer (the levels run side by side on forked streams: their rows are
-disjoint), and ONE merge launch combines, for each token, its states across levels and KV chunks
-(kernels/scheduler.py plans each level, splitting long KV as usual). Position-dependent variants
-(RoPE, ALiBi, sliding windows) are not offered: a level's key positions would start at 0 instead of
-at the level's offset in the concatenated KV.
+(queries x GQA group) fit one decode CTA (64 rows); other levels (appending, or groups too large for
+one decode CTA) run the prefill kernel, whose 128-row tile would be mostly padding for a few samples
+of a prompt. All decode levels run as ONE launch: their requests form one batch (level after level,
+each request reading its query tokens from its first token, api.h), planned and split over KV chunks
+by kernels/scheduler.py like any batch, so the shared prefix's chunks and the samples' own suffixes
+fill the GPU together; each prefill level is a launch of its own, side by side on a forked stream
+(their partial rows are disjoint). Every launch writes float32 partial states into one buffer, and ONE
+merge launch combines, for each token, its states across levels and KV chunks. Measured choices
+(docs/PERFORMANCE.md, shared-prefix section): the prefix through the decode kernel instead of the
+prefill kernel, and one launch instead of one per level on forked streams (a CUDA graph started the
+second branch ~7 us after the first on an H200). Position-dependent variants (RoPE, ALiBi, sliding
+windows) are not offered: a level's key positions would start at 0 instead of at the level's offset
+in the concatenated KV.
 """
 
 from __future__ import annotations
@@ -50,17 +54,46 @@ from .wrapper_engine import (
 
 
 @dataclass(frozen=True)
-class CascadePlan:
-    """Per-level plans whose partial rows share one buffer, and the merge index across levels."""
+class Launch:
+    """One attention launch of a cascade: the batch of the requests of `levels`, level after level."""
 
-    levels: tuple[Plan, ...]
-    level_qo_lens: tuple[np.ndarray, ...]
-    families: tuple[str, ...]
-    masks: tuple[str, ...]
+    family: str
+    mask: str
+    levels: tuple[int, ...]
+    plan: Plan  # over the batch; its partial rows already offset into the cascade's buffer
+    qo_lens: np.ndarray  # int64 [batch]: query tokens per request of the batch
+    first_token: np.ndarray  # int32 [batch + 1]: each request's first query token, then num_tokens
+
+    @property
+    def stacked(self) -> bool:
+        """Whether the kernel needs first_token (as qo_indptr): not for one level of one query each,
+        where request r is token r."""
+        return len(self.levels) > 1 or not one_query_each(self.qo_lens)
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """The launches, whose partial rows share one buffer, and the merge index across levels."""
+
+    launches: tuple[Launch, ...]
+    families: tuple[str, ...]  # per level
     merge_indptr: np.ndarray  # int32 [num_tokens + 1]
-    merge_indices: np.ndarray  # int32, partial rows of all levels
+    merge_indices: np.ndarray  # int32, partial rows of all launches
     num_partial_rows: int
     num_tokens: int
+
+
+# Packed query rows per CTA of a cascade's decode launch: the decode kernel's whole tile (64) lets
+# all 16 samples of 32/8 heads share one read of each prefix chunk; fewer rows per CTA cut each warp's
+# serial work (a 64-row CTA gives each of its 4 warps 16 rows of every key) at the price of re-reading
+# the chunk from L2 once per extra CTA. Measured in docs/PERFORMANCE.md (shared-prefix section).
+STACKED_ROWS_PER_CTA = 64
+
+
+def decode_tile_rows(kernel_tile_q: int, group: int) -> int:
+    """Rows per CTA for a cascade's decode launch: STACKED_ROWS_PER_CTA, never fewer than one token's
+    GQA group (in whole m-tiles of 16) and never more than the kernel's tile."""
+    return min(kernel_tile_q, max(STACKED_ROWS_PER_CTA, -(-group // 16) * 16))
 
 
 def one_query_each(qo_lens: np.ndarray) -> bool:
@@ -94,59 +127,90 @@ def plan_cascade(
     kv_bytes: int = 2,
     split_kv: bool = True,
     cost: CostModel | None = None,
+    force_chunk: int = 0,
 ) -> CascadePlan:
     """levels: (qo_lens, kv_lens) per level; families and kernels: each level's kernel family
-    (level_families) and KernelShape; cost: one cost model for every level (default: the decode or
-    prefill model of the level's kernel)."""
+    (level_families) and KernelShape (one shape for all decode levels: they share a launch); cost: one
+    cost model for every launch (default: the decode or prefill model of its kernel); force_chunk:
+    scheduler.plan's calibration knob, for every launch."""
     if not levels:
         raise ValueError("a cascade needs at least one level")
     qo_all = [np.asarray(qo, dtype=np.int64).reshape(-1) for qo, _ in levels]
+    kv_all = [np.asarray(kv, dtype=np.int64).reshape(-1) for _, kv in levels]
     num_tokens = int(qo_all[0].sum())
-    for i, qo in enumerate(qo_all):
+    for i, (qo, family) in enumerate(zip(qo_all, families, strict=True)):
         if int(qo.sum()) != num_tokens:
             raise ValueError(
                 f"level {i} groups {int(qo.sum())} query tokens but level 0 groups {num_tokens}: every level "
                 "must group the same tokens"
             )
-    plans, masks, base = [], [], 0
-    tokens, rows = [], []
-    for i, ((_, kv), qo, kernel, family) in enumerate(zip(levels, qo_all, kernels, families, strict=True)):
         if family not in ("decode", "prefill"):
             raise ValueError(f"level {i}: family must be 'decode' or 'prefill', got {family!r}")
-        masks.append(level_mask(i, len(levels), family))
+    decode_levels = tuple(i for i, f in enumerate(families) if f == "decode")
+    groups = [decode_levels] if decode_levels else []
+    groups += [(i,) for i, f in enumerate(families) if f == "prefill"]
+    launches, tokens, rows, base = [], [], [], 0
+    for group in groups:
+        family = families[group[0]]
+        mask = level_mask(group[0], len(levels), family)
+        qo = np.concatenate([qo_all[i] for i in group])
+        first = np.concatenate([np.cumsum(qo_all[i]) - qo_all[i] for i in group] + [[num_tokens]])
+        kernel = kernels[group[0]]
+        if family == "decode":
+            rows_per_cta = decode_tile_rows(kernel.cta_tile_q, num_qo_heads // num_kv_heads)
+            kernel = dataclasses.replace(kernel, cta_tile_q=rows_per_cta)
         p = scheduler.plan(
-            None if one_query_each(qo) else qo,
-            kv,
+            None if len(group) == 1 and one_query_each(qo) else qo,
+            np.concatenate([kv_all[i] for i in group]),
             num_qo_heads=num_qo_heads,
             num_kv_heads=num_kv_heads,
             page_size=page_size,
             kernel=kernel,
-            mask=masks[-1],
+            mask=mask,
             split_kv=split_kv,
             kv_bytes=kv_bytes,
             all_partial=True,
             cost=cost or (DEFAULT_COST if family == "decode" else PREFILL_COST),
+            force_chunk=force_chunk,
         )
         work = p.work.copy()
         work[:, 5] = np.where(work[:, 5] >= 0, work[:, 5] + base, -1)
-        plans.append(dataclasses.replace(p, work=work))
-        counts = np.diff(p.merge_indptr[: num_tokens + 1].astype(np.int64))
-        tokens.append(np.repeat(np.arange(num_tokens), counts))
+        launches.append(
+            Launch(family, mask, group, dataclasses.replace(p, work=work), qo, first.astype(np.int32))
+        )
+        # Token t' of the launch's batch is token t' % num_tokens: each level lists every token in order.
+        counts = np.diff(p.merge_indptr[: len(group) * num_tokens + 1].astype(np.int64))
+        tokens.append(np.repeat(np.arange(len(group) * num_tokens) % max(num_tokens, 1), counts))
         rows.append(p.merge_indices.astype(np.int64) + base)
         base += p.num_partial_rows
     token = np.concatenate(tokens)
     order = np.argsort(token, kind="stable")
     indptr = np.concatenate([[0], np.cumsum(np.bincount(token, minlength=num_tokens))])
     return CascadePlan(
-        tuple(plans),
-        tuple(qo_all),
+        tuple(launches),
         tuple(families),
-        tuple(masks),
         indptr.astype(np.int32),
         np.concatenate(rows)[order].astype(np.int32),
         base,
         num_tokens,
     )
+
+
+def _launch_arrays(launch: Launch, host_levels) -> dict[str, np.ndarray]:
+    """The paged-KV index arrays of a launch's batch: its levels' (qo_indptr, kv_indptr, kv_indices,
+    kv_last_page_len) one after the other, page offsets shifted past the earlier levels' pages."""
+    kv_ptrs, indices, lasts, at = [], [], [], 0
+    for level in launch.levels:
+        _, kv_ptr, kv_indices, last = host_levels[level]
+        kv_ptrs.append(kv_ptr[:-1] + at)
+        at += int(kv_ptr[-1])
+        indices.append(kv_indices[: int(kv_ptr[-1])])
+        lasts.append(last)
+    return {
+        "kv_indptr": np.concatenate([*kv_ptrs, [at]]).astype(np.int32),
+        "kv_indices": np.concatenate(indices).astype(np.int32),
+        "kv_last_page_len": np.concatenate(lasts).astype(np.int32),
+    }
 
 
 def _arena(sizes: dict[str, int]) -> tuple[dict[str, int], int]:
@@ -254,7 +318,7 @@ class CascadeWrapper:
         families = level_families([qo for qo, _ in lens], num_qo_heads // num_kv_heads, decode_tile_q)
         knobs = make_knobs(sm_scale, logits_soft_cap, 1.0, 1e4, k_scale, v_scale, -1, None)
         variants = [variant(f, level_mask(i, self.num_levels, f)) for i, f in enumerate(families)]
-        for v in variants:
+        for v in set(variants):
             check_knobs(v, knobs, num_qo_heads)
         kernels = [kernel_shape(v, device_index) for v in variants]
         try:
@@ -271,15 +335,13 @@ class CascadeWrapper:
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
 
+        # Each launch's batch: its levels' requests one after the other (pages of later levels offset).
+        batches = [_launch_arrays(launch, host_levels) for launch in cp.launches]
         sizes = {}
-        for i, (p, (qo_ptr, kv_ptr, indices, last)) in enumerate(zip(cp.levels, host_levels, strict=True)):
-            sizes |= {
-                f"work{i}": p.work.nbytes,
-                f"qo_indptr{i}": qo_ptr.nbytes,
-                f"kv_indptr{i}": kv_ptr.nbytes,
-                f"kv_last_page_len{i}": last.nbytes,
-                f"kv_indices{i}": indices.nbytes,
-            }
+        for i, (launch, batch) in enumerate(zip(cp.launches, batches, strict=True)):
+            sizes[f"work{i}"] = launch.plan.work.nbytes
+            sizes[f"qo_indptr{i}"] = launch.first_token.nbytes
+            sizes |= {f"{name}{i}": a.nbytes for name, a in batch.items()}
         sizes |= {"merge_indptr": cp.merge_indptr.nbytes, "merge_indices": cp.merge_indices.nbytes}
         offsets, metadata_bytes = _arena(sizes)
         partial = cp.num_partial_rows * num_qo_heads
@@ -291,16 +353,9 @@ class CascadeWrapper:
             )
         host = self.staging.reserve(metadata_bytes)
         contents = {"merge_indptr": cp.merge_indptr, "merge_indices": cp.merge_indices}
-        for i, (p, level) in enumerate(zip(cp.levels, host_levels, strict=True)):
-            contents |= {
-                f"work{i}": p.work.reshape(-1),
-                **{
-                    f"{n}{i}": a
-                    for n, a in zip(
-                        ("qo_indptr", "kv_indptr", "kv_indices", "kv_last_page_len"), level, strict=True
-                    )
-                },
-            }
+        for i, (launch, batch) in enumerate(zip(cp.launches, batches, strict=True)):
+            contents |= {f"work{i}": launch.plan.work.reshape(-1), f"qo_indptr{i}": launch.first_token}
+            contents |= {f"{name}{i}": a for name, a in batch.items()}
         for name, values in contents.items():
             host[offsets[name] // 4 : offsets[name] // 4 + values.shape[0]] = values
         self.staging.upload(self.workspace, metadata_bytes)
@@ -308,20 +363,20 @@ class CascadeWrapper:
         def view(name, count, dtype=torch.int32):
             return _view(self.workspace, offsets[name], count, dtype)
 
-        self.levels = []
-        for i, (p, v, qo_lens) in enumerate(zip(cp.levels, variants, cp.level_qo_lens, strict=True)):
-            b = host_levels[i][1].shape[0]
-            self.levels.append(
+        self.launches = []
+        for i, (launch, batch) in enumerate(zip(cp.launches, batches, strict=True)):
+            b = launch.qo_lens.shape[0]
+            self.launches.append(
                 (
-                    v,
-                    p.num_items,
+                    variant(launch.family, launch.mask),
+                    launch.plan.num_items,
                     {
-                        "work": view(f"work{i}", p.work.size).view(-1, 6),
-                        # The decode kernel takes it for stacked queries only (api.h).
-                        "qo_indptr": None if one_query_each(qo_lens) else view(f"qo_indptr{i}", b),
-                        "kv_indptr": view(f"kv_indptr{i}", b),
-                        "kv_indices": view(f"kv_indices{i}", host_levels[i][2].shape[0]),
-                        "kv_last_page_len": view(f"kv_last_page_len{i}", b - 1),
+                        "work": view(f"work{i}", launch.plan.work.size).view(-1, 6),
+                        # The decode kernel takes first tokens for stacked queries only (api.h).
+                        "qo_indptr": view(f"qo_indptr{i}", b + 1) if launch.stacked else None,
+                        "kv_indptr": view(f"kv_indptr{i}", b + 1),
+                        "kv_indices": view(f"kv_indices{i}", batch["kv_indices"].shape[0]),
+                        "kv_last_page_len": view(f"kv_last_page_len{i}", b),
                     },
                 )
             )
@@ -375,7 +430,7 @@ class CascadeWrapper:
         streams, events = self.side_streams, self.events
 
         def launch():
-            # The levels write disjoint partial rows, so they run side by side: the first on the
+            # The launches write disjoint partial rows, so they run side by side: the first on the
             # current stream, the others on side streams forked from it and joined before the merge.
             main = torch.cuda.current_stream(q.device)
             if len(levels) > 1:
@@ -395,7 +450,7 @@ class CascadeWrapper:
 
     def _prepare(self, q, k, v, out, lse):
         launches = []
-        for variant, num_items, views in self.levels:
+        for variant, num_items, views in self.launches:
             if not num_items:
                 continue
             launches.append(

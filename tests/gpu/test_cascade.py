@@ -81,7 +81,7 @@ def _plan_random_cascade(levels, samples, rng):
 @pytest.mark.parametrize("levels", [2, 3])
 def test_cascade_equals_attention_over_concatenated_kv(levels, samples):
     require(DECODE, PREFILL, MERGE)
-    w, (k, v), groups, level_pages, level_lens, num_pages = _plan_random_cascade(
+    w, (k, v), groups, level_pages, level_lens, _ = _plan_random_cascade(
         levels, samples, random.Random()
     )
     assert w.plan_.families[0] == ("decode" if samples[1] * HQ // HKV <= 64 else "prefill")
@@ -130,7 +130,10 @@ def test_cascade_equals_attention_over_concatenated_kv(levels, samples):
     if levels == 2:
         plain = wrappers.BatchDecodeWrapper(
             torch.empty(
-                wrappers.workspace_size(HQ, HKV, D, max_batch_size=num_tokens, max_num_pages=num_pages),
+                # Its page table repeats each prefix page once per request of the group.
+                wrappers.workspace_size(
+                    HQ, HKV, D, max_batch_size=num_tokens, max_num_pages=sum(len(p) for p in own_pages)
+                ),
                 dtype=torch.uint8,
                 device="cuda",
             )

@@ -1,5 +1,7 @@
 """Cascade (shared-prefix) plans executed on the CPU equal plain attention over the concatenated KV."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -41,7 +43,7 @@ def _levels(requests, prefix, sub):
     return levels
 
 
-def _plan(level_lens, *, num_qo_heads, num_kv_heads, page_size, decode_tile_q=8, **kwargs):
+def _plan(level_lens, *, num_qo_heads, num_kv_heads, page_size, decode_tile_q=8, kernel=KERNEL, **kwargs):
     families = cascade.level_families(
         [np.asarray(qo) for qo, _ in level_lens], num_qo_heads // num_kv_heads, decode_tile_q
     )
@@ -50,7 +52,7 @@ def _plan(level_lens, *, num_qo_heads, num_kv_heads, page_size, decode_tile_q=8,
         num_qo_heads=num_qo_heads,
         num_kv_heads=num_kv_heads,
         page_size=page_size,
-        kernels=[KERNEL] * len(level_lens),
+        kernels=[kernel] * len(level_lens),
         families=families,
         **kwargs,
     )
@@ -62,11 +64,14 @@ def _plan(level_lens, *, num_qo_heads, num_kv_heads, page_size, decode_tile_q=8,
     cheap=st.booleans(),
     soft_cap=st.sampled_from([None, 4.0]),
     decode_tile_q=st.sampled_from([2, 8, 64]),
+    kernel_tile_q=st.sampled_from([8, 16, 64]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_cascade_equals_attention_over_concatenated_kv(case, cheap, soft_cap, decode_tile_q, seed):
-    """decode_tile_q moves shared levels between the prefill plan and the stacked decode plan (tiles of
-    decode_tile_q rows where they fit, the kernel's KERNEL tiles of 8 rows either way)."""
+def test_cascade_equals_attention_over_concatenated_kv(
+    case, cheap, soft_cap, decode_tile_q, kernel_tile_q, seed
+):
+    """decode_tile_q moves shared levels between the prefill launch and the fused decode launch;
+    kernel_tile_q changes how many rows each work item holds."""
     requests, prefix, sub = case
     gen = torch.Generator().manual_seed(seed)
     num_qo_heads, num_kv_heads, head_dim = 4, 2, 8
@@ -92,10 +97,12 @@ def test_cascade_equals_attention_over_concatenated_kv(case, cheap, soft_cap, de
         num_kv_heads=num_kv_heads,
         page_size=4,
         decode_tile_q=decode_tile_q,
+        kernel=dataclasses.replace(KERNEL, cta_tile_q=kernel_tile_q),
         cost=CHEAP_SPLITS if cheap else cascade.DEFAULT_COST,
     )
-    for qo, family in zip(cp.level_qo_lens, cp.families, strict=True):
-        assert family == "prefill" or qo.max() * 2 <= decode_tile_q or (qo == 1).all()
+    for (qo, _), family in zip(level_lens, cp.families, strict=True):
+        assert family == "prefill" or max(qo) * 2 <= decode_tile_q or set(qo) == {1}
+    assert sum(launch.family == "decode" for launch in cp.launches) <= 1, "decode levels share one launch"
     o, lse = emulate.execute_cascade(
         cp, q, [[k for k, _ in lv] for lv in kv], [[v for _, v in lv] for lv in kv], soft_cap=soft_cap
     )
@@ -115,14 +122,23 @@ def test_levels_pick_their_kernel_family_and_mask():
     """32/8 heads: group 4, so a decode CTA of 64 rows holds 16 stacked queries."""
     heads = {"num_qo_heads": 32, "num_kv_heads": 8, "page_size": 16}
     cp = _plan([([16], [4096]), ([1] * 16, [10] * 16)], decode_tile_q=64, **heads)
-    assert cp.families == ("decode", "decode") and cp.masks == ("none", "none")
+    assert cp.families == ("decode", "decode")
+    assert [(x.family, x.mask, x.levels) for x in cp.launches] == [("decode", "none", (0, 1))]
     too_many = _plan([([17], [4096]), ([1] * 17, [10] * 17)], decode_tile_q=64, **heads)
-    assert too_many.families == ("prefill", "decode") and too_many.masks == ("none", "none")
+    assert too_many.families == ("prefill", "decode")
+    assert [(x.family, x.mask, x.levels) for x in too_many.launches] == [
+        ("decode", "none", (1,)),
+        ("prefill", "none", (0,)),
+    ]
     appending = _plan([([6], [4096]), ([3, 3], [10, 20])], decode_tile_q=64, **heads)
-    assert appending.families == ("decode", "prefill") and appending.masks == ("none", "causal")
+    assert appending.families == ("decode", "prefill")
+    assert [(x.family, x.mask, x.levels) for x in appending.launches] == [
+        ("decode", "none", (0,)),
+        ("prefill", "causal", (1,)),
+    ]
 
 
-def test_stacked_decode_level_reads_the_prefix_once_per_kv_head():
+def test_decode_levels_share_one_launch_and_read_the_prefix_once_per_cta_row_tile():
     n = 16
     decode = KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=64, cta_tile_kv=64)
     level_lens = [([n], [4096]), ([1] * n, [256] * n)]
@@ -134,12 +150,18 @@ def test_stacked_decode_level_reads_the_prefix_once_per_kv_head():
         kernels=[decode] * 2,
         families=cascade.level_families([np.array(qo) for qo, _ in level_lens], 4, decode.cta_tile_q),
     )
-    prefix = cp.levels[0]
-    items = prefix.work[: prefix.num_items]
-    assert (items[:, 1] == 0).all() and (items[:, 2] == n * 4).all(), "one CTA tile holds all 64 rows"
-    assert int((items[:, 4] - items[:, 3]).sum()) == 4096, "each prefix key is read by exactly one item"
-    assert prefix.num_items > 1, "the prefix is split over KV chunks to fill the GPU"
-    assert (np.diff(cp.merge_indptr) == prefix.num_items + 1).all(), "every chunk and the own suffix merge"
+    (launch,) = cp.launches
+    assert launch.stacked and launch.levels == (0, 1)
+    assert launch.first_token.tolist() == [0, *range(n), n], "the prefix request, then one per sample"
+    items = launch.plan.work[: launch.plan.num_items]
+    prefix = items[items[:, 0] == 0]
+    rows = cascade.decode_tile_rows(64, 4)
+    assert (prefix[:, 2] - prefix[:, 1] == rows).all(), "full CTA row tiles of the 64 stacked rows"
+    keys = int((prefix[:, 4] - prefix[:, 3]).sum())
+    assert keys == 4096 * (n * 4 // rows), "each prefix key is read once per row tile"
+    assert prefix.shape[0] > n * 4 // rows, "the prefix is split over KV chunks to fill the GPU"
+    chunks = prefix.shape[0] // (n * 4 // rows)
+    assert (np.diff(cp.merge_indptr) == chunks + 1).all(), "every prefix chunk and the own suffix merge"
 
 
 def test_family_names_are_checked():
@@ -158,3 +180,26 @@ def test_workspace_size_grows_with_levels():
     one = cascade.workspace_size(1, 32, 8, 128, max_batch_size=16, max_num_tokens=16)
     three = cascade.workspace_size(3, 32, 8, 128, max_batch_size=16, max_num_tokens=16)
     assert 0 < one < three
+
+
+def test_a_launch_batch_lists_each_request_with_its_own_pages_and_first_token():
+    level_lens = [([3, 2], [40, 7]), ([1] * 5, [5, 0, 17, 3, 9])]
+    cp = _plan(level_lens, num_qo_heads=4, num_kv_heads=2, page_size=4, decode_tile_q=64)
+    (launch,) = cp.launches
+    rng = np.random.default_rng(0)
+    host_levels = []
+    for qo, kv in level_lens:
+        pages = [-(-n // 4) for n in kv]
+        kv_ptr = np.concatenate([[0], np.cumsum(pages)])
+        spare = 3  # kv_indices may hold more entries than kv_indptr[-1] uses
+        indices = rng.permutation(100)[: kv_ptr[-1] + spare]
+        last = np.array([n - (p - 1) * 4 if p else 0 for n, p in zip(kv, pages, strict=True)])
+        host_levels.append((np.concatenate([[0], np.cumsum(qo)]), kv_ptr, indices, last))
+    batch = cascade._launch_arrays(launch, host_levels)
+    requests = [(level, r) for level in launch.levels for r in range(len(level_lens[level][0]))]
+    assert launch.first_token.tolist() == [0, 3, 0, 1, 2, 3, 4, 5]
+    for i, (level, r) in enumerate(requests):
+        _, kv_ptr, indices, last = host_levels[level]
+        got = batch["kv_indices"][batch["kv_indptr"][i] : batch["kv_indptr"][i + 1]]
+        assert got.tolist() == indices[kv_ptr[r] : kv_ptr[r + 1]].tolist()
+        assert batch["kv_last_page_len"][i] == last[r]
