@@ -62,7 +62,7 @@ def _launches(casc):
     """(levels, family, work items, chunk) of each attention launch (older trees: one per level)."""
     plan = casc.plan_
     if hasattr(plan, "launches"):
-        return [(x.levels, x.family, x.plan.num_items, x.plan.chunk_size) for x in plan.launches]
+        return [(x.levels, x.family, x.work.shape[0], [p.chunk_size for p in x.plans]) for x in plan.launches]
     return [
         ((i,), v.family, p.num_items, p.chunk_size)
         for i, (p, (v, *_)) in enumerate(zip(plan.levels, casc.levels, strict=True))
@@ -94,31 +94,26 @@ def bench_cascade(device, ns=(1, 4, 16), prefix=4096, suffix=256):
     return rows
 
 
-def sweep(device, ns, rows_per_cta=(64, 32, 16), chunks=(0, 128, 256, 512, 1024), prefix=4096, suffix=256):
-    """Cascade time over cascade.STACKED_ROWS_PER_CTA and forced KV chunk sizes (0: the cost model's)."""
+def sweep(device, ns, chunks=(0, 128, 256, 512, 1024), prefix=4096, suffix=256):
+    """Cascade time over forced KV chunk sizes (0: the cost model's), as plan_cascade's force_chunk."""
     results = []
     for n in ns:
         plain, levels, args = _batch(n, prefix, suffix, device, sets_for(prefix + n * suffix, device))
         plain_t = _time(plain, args)
-        for rows in rows_per_cta if n * HQ // HKV > 16 else rows_per_cta[:1]:
-            for chunk in chunks:
-                with (
-                    mock.patch.object(cascade, "STACKED_ROWS_PER_CTA", rows),
-                    mock.patch.object(cascade, "plan_cascade", functools.partial(PLAN, force_chunk=chunk)),
-                ):
-                    casc = _cascade(n, levels, device)
-                t = _time(casc, args)
-                results.append(
-                    {
-                        "n": n,
-                        "rows": rows,
-                        "chunk": chunk,
-                        "cascade_us": round(t, 2),
-                        "plain_us": round(plain_t, 2),
-                        "speedup": round(plain_t / t, 3),
-                        "launches": _launches(casc),
-                    }
-                )
+        for chunk in chunks:
+            with mock.patch.object(cascade, "plan_cascade", functools.partial(PLAN, force_chunk=chunk)):
+                casc = _cascade(n, levels, device)
+            t = _time(casc, args)
+            results.append(
+                {
+                    "n": n,
+                    "chunk": chunk,
+                    "cascade_us": round(t, 2),
+                    "plain_us": round(plain_t, 2),
+                    "speedup": round(plain_t / t, 3),
+                    "launches": _launches(casc),
+                }
+            )
     return results
 
 
@@ -192,7 +187,7 @@ def main():
     print(f"{results['device']}, {results['date']}")
     for r in results.get("sweep", []):
         print(
-            f"sweep n={r['n']:<3} rows/CTA {r['rows']:3} chunk {r['chunk']:5}: {r['cascade_us']:7.1f} us "
+            f"sweep n={r['n']:<3} chunk {r['chunk']:5}: {r['cascade_us']:7.1f} us "
             f"(plain {r['plain_us']:.1f}, {r['speedup']:.2f}x)  {r['launches']}"
         )
     for n, rows in results.get("trace", {}).items():

@@ -13,17 +13,15 @@ level is causal when it holds several queries per request (appending). A level r
 when its requests have one query each, or when it is shared and each group's stacked query rows
 (queries x GQA group) fit one decode CTA (64 rows); other levels (appending, or groups too large for
 one decode CTA) run the prefill kernel, whose 128-row tile would be mostly padding for a few samples
-of a prompt. All decode levels run as ONE launch: their requests form one batch (level after level,
-each request reading its query tokens from its first token, api.h), planned and split over KV chunks
-by kernels/scheduler.py like any batch, so the shared prefix's chunks and the samples' own suffixes
-fill the GPU together; each prefill level is a launch of its own, side by side on a forked stream
-(their partial rows are disjoint). Every launch writes float32 partial states into one buffer, and ONE
-merge launch combines, for each token, its states across levels and KV chunks. Measured choices
-(docs/PERFORMANCE.md, shared-prefix section): the prefix through the decode kernel instead of the
-prefill kernel, and one launch instead of one per level on forked streams (a CUDA graph started the
-second branch ~7 us after the first on an H200). Position-dependent variants (RoPE, ALiBi, sliding
-windows) are not offered: a level's key positions would start at 0 instead of at the level's offset
-in the concatenated KV.
+of a prompt. Each level is planned on its own by kernels/scheduler.py (split over KV chunks as any
+batch), then all decode levels run as ONE launch: their work lists one after the other over one batch
+of their requests (each reading its query tokens from its first token, api.h), the shared prefix's
+chunks dispatched first; each prefill level is a launch of its own, side by side on a forked stream
+(their partial rows are disjoint). Every launch writes float32 partial states into one buffer, and
+ONE merge launch combines, for each token, its states across levels and KV chunks. The measurements
+behind these choices are in docs/PERFORMANCE.md (shared-prefix section). Position-dependent variants
+(RoPE, ALiBi, sliding windows) are not offered: a level's key positions would start at 0 instead of
+at the level's offset in the concatenated KV.
 """
 
 from __future__ import annotations
@@ -60,7 +58,10 @@ class Launch:
     family: str
     mask: str
     levels: tuple[int, ...]
-    plan: Plan  # over the batch; its partial rows already offset into the cascade's buffer
+    plans: tuple[Plan, ...]  # per level, as the scheduler planned it alone
+    work: (
+        np.ndarray
+    )  # int32 [items, 6]: the plans' real items, requests and partial rows in the batch's terms
     qo_lens: np.ndarray  # int64 [batch]: query tokens per request of the batch
     first_token: np.ndarray  # int32 [batch + 1]: each request's first query token, then num_tokens
 
@@ -81,19 +82,6 @@ class CascadePlan:
     merge_indices: np.ndarray  # int32, partial rows of all launches
     num_partial_rows: int
     num_tokens: int
-
-
-# Packed query rows per CTA of a cascade's decode launch: the decode kernel's whole tile (64) lets
-# all 16 samples of 32/8 heads share one read of each prefix chunk; fewer rows per CTA cut each warp's
-# serial work (a 64-row CTA gives each of its 4 warps 16 rows of every key) at the price of re-reading
-# the chunk from L2 once per extra CTA. Measured in docs/PERFORMANCE.md (shared-prefix section).
-STACKED_ROWS_PER_CTA = 64
-
-
-def decode_tile_rows(kernel_tile_q: int, group: int) -> int:
-    """Rows per CTA for a cascade's decode launch: STACKED_ROWS_PER_CTA, never fewer than one token's
-    GQA group (in whole m-tiles of 16) and never more than the kernel's tile."""
-    return min(kernel_tile_q, max(STACKED_ROWS_PER_CTA, -(-group // 16) * 16))
 
 
 def one_query_each(qo_lens: np.ndarray) -> bool:
@@ -130,9 +118,9 @@ def plan_cascade(
     force_chunk: int = 0,
 ) -> CascadePlan:
     """levels: (qo_lens, kv_lens) per level; families and kernels: each level's kernel family
-    (level_families) and KernelShape (one shape for all decode levels: they share a launch); cost: one
-    cost model for every launch (default: the decode or prefill model of its kernel); force_chunk:
-    scheduler.plan's calibration knob, for every launch."""
+    (level_families) and KernelShape; cost: one cost model for every level (default: the decode or
+    prefill model of its kernel); force_chunk: scheduler.plan's calibration knob, for every level.
+    Launches go in the order of their first level (on forked streams, the first starts first)."""
     if not levels:
         raise ValueError("a cascade needs at least one level")
     qo_all = [np.asarray(qo, dtype=np.int64).reshape(-1) for qo, _ in levels]
@@ -146,43 +134,54 @@ def plan_cascade(
             )
         if family not in ("decode", "prefill"):
             raise ValueError(f"level {i}: family must be 'decode' or 'prefill', got {family!r}")
-    decode_levels = tuple(i for i, f in enumerate(families) if f == "decode")
-    groups = [decode_levels] if decode_levels else []
-    groups += [(i,) for i, f in enumerate(families) if f == "prefill"]
-    launches, tokens, rows, base = [], [], [], 0
-    for group in groups:
-        family = families[group[0]]
-        mask = level_mask(group[0], len(levels), family)
-        qo = np.concatenate([qo_all[i] for i in group])
-        first = np.concatenate([np.cumsum(qo_all[i]) - qo_all[i] for i in group] + [[num_tokens]])
-        kernel = kernels[group[0]]
-        if family == "decode":
-            rows_per_cta = decode_tile_rows(kernel.cta_tile_q, num_qo_heads // num_kv_heads)
-            kernel = dataclasses.replace(kernel, cta_tile_q=rows_per_cta)
+    plans, tokens, rows, base = [], [], [], 0
+    for i, (qo, kv, kernel, family) in enumerate(zip(qo_all, kv_all, kernels, families, strict=True)):
         p = scheduler.plan(
-            None if len(group) == 1 and one_query_each(qo) else qo,
-            np.concatenate([kv_all[i] for i in group]),
+            None if one_query_each(qo) else qo,
+            kv,
             num_qo_heads=num_qo_heads,
             num_kv_heads=num_kv_heads,
             page_size=page_size,
             kernel=kernel,
-            mask=mask,
+            mask=level_mask(i, len(levels), family),
             split_kv=split_kv,
             kv_bytes=kv_bytes,
             all_partial=True,
             cost=cost or (DEFAULT_COST if family == "decode" else PREFILL_COST),
             force_chunk=force_chunk,
         )
-        work = p.work.copy()
+        work = p.work[: p.num_items].copy()
         work[:, 5] = np.where(work[:, 5] >= 0, work[:, 5] + base, -1)
-        launches.append(
-            Launch(family, mask, group, dataclasses.replace(p, work=work), qo, first.astype(np.int32))
-        )
-        # Token t' of the launch's batch is token t' % num_tokens: each level lists every token in order.
-        counts = np.diff(p.merge_indptr[: len(group) * num_tokens + 1].astype(np.int64))
-        tokens.append(np.repeat(np.arange(len(group) * num_tokens) % max(num_tokens, 1), counts))
+        plans.append(dataclasses.replace(p, work=work))
+        counts = np.diff(p.merge_indptr[: num_tokens + 1].astype(np.int64))
+        tokens.append(np.repeat(np.arange(num_tokens), counts))
         rows.append(p.merge_indices.astype(np.int64) + base)
         base += p.num_partial_rows
+    # Each level is planned as if alone (the scheduler's cost model does not know that a CTA of 64 stacked
+    # rows costs more per key than one of a few rows: planned together, it cut a 4k prefix into too few
+    # chunks, see docs/PERFORMANCE.md); the decode levels then share one launch, level after level.
+    decode_levels = tuple(i for i, f in enumerate(families) if f == "decode")
+    groups = [(i,) for i, f in enumerate(families) if f == "prefill"]
+    groups = sorted(groups + ([decode_levels] if decode_levels else []))
+    launches = []
+    for group in groups:
+        qo = np.concatenate([qo_all[i] for i in group])
+        first = np.concatenate([np.cumsum(qo_all[i]) - qo_all[i] for i in group] + [[num_tokens]])
+        offsets = np.cumsum([0] + [qo_all[i].shape[0] for i in group])
+        work = np.concatenate([plans[i].work for i in group])
+        work[:, 0] += np.repeat(offsets[:-1], [plans[i].num_items for i in group]).astype(np.int32)
+        family = families[group[0]]
+        launches.append(
+            Launch(
+                family,
+                level_mask(group[0], len(levels), family),
+                group,
+                tuple(plans[i] for i in group),
+                work,
+                qo,
+                first.astype(np.int32),
+            )
+        )
     token = np.concatenate(tokens)
     order = np.argsort(token, kind="stable")
     indptr = np.concatenate([[0], np.cumsum(np.bincount(token, minlength=num_tokens))])
@@ -339,7 +338,7 @@ class CascadeWrapper:
         batches = [_launch_arrays(launch, host_levels) for launch in cp.launches]
         sizes = {}
         for i, (launch, batch) in enumerate(zip(cp.launches, batches, strict=True)):
-            sizes[f"work{i}"] = launch.plan.work.nbytes
+            sizes[f"work{i}"] = launch.work.nbytes
             sizes[f"qo_indptr{i}"] = launch.first_token.nbytes
             sizes |= {f"{name}{i}": a.nbytes for name, a in batch.items()}
         sizes |= {"merge_indptr": cp.merge_indptr.nbytes, "merge_indices": cp.merge_indices.nbytes}
@@ -354,7 +353,7 @@ class CascadeWrapper:
         host = self.staging.reserve(metadata_bytes)
         contents = {"merge_indptr": cp.merge_indptr, "merge_indices": cp.merge_indices}
         for i, (launch, batch) in enumerate(zip(cp.launches, batches, strict=True)):
-            contents |= {f"work{i}": launch.plan.work.reshape(-1), f"qo_indptr{i}": launch.first_token}
+            contents |= {f"work{i}": launch.work.reshape(-1), f"qo_indptr{i}": launch.first_token}
             contents |= {f"{name}{i}": a for name, a in batch.items()}
         for name, values in contents.items():
             host[offsets[name] // 4 : offsets[name] // 4 + values.shape[0]] = values
@@ -369,9 +368,9 @@ class CascadeWrapper:
             self.launches.append(
                 (
                     variant(launch.family, launch.mask),
-                    launch.plan.num_items,
+                    launch.work.shape[0],
                     {
-                        "work": view(f"work{i}", launch.plan.work.size).view(-1, 6),
+                        "work": view(f"work{i}", launch.work.size).view(-1, 6),
                         # The decode kernel takes first tokens for stacked queries only (api.h).
                         "qo_indptr": view(f"qo_indptr{i}", b + 1) if launch.stacked else None,
                         "kv_indptr": view(f"kv_indptr{i}", b + 1),

@@ -81,9 +81,7 @@ def _plan_random_cascade(levels, samples, rng):
 @pytest.mark.parametrize("levels", [2, 3])
 def test_cascade_equals_attention_over_concatenated_kv(levels, samples):
     require(DECODE, PREFILL, MERGE)
-    w, (k, v), groups, level_pages, level_lens, _ = _plan_random_cascade(
-        levels, samples, random.Random()
-    )
+    w, (k, v), groups, level_pages, level_lens, _ = _plan_random_cascade(levels, samples, random.Random())
     assert w.plan_.families[0] == ("decode" if samples[1] * HQ // HKV <= 64 else "prefill")
     num_tokens = sum(groups)
     q = torch.randn(num_tokens, HQ, D, device="cuda", dtype=torch.bfloat16)

@@ -127,9 +127,9 @@ def test_levels_pick_their_kernel_family_and_mask():
     too_many = _plan([([17], [4096]), ([1] * 17, [10] * 17)], decode_tile_q=64, **heads)
     assert too_many.families == ("prefill", "decode")
     assert [(x.family, x.mask, x.levels) for x in too_many.launches] == [
-        ("decode", "none", (1,)),
         ("prefill", "none", (0,)),
-    ]
+        ("decode", "none", (1,)),
+    ], "launches in the order of their first level"
     appending = _plan([([6], [4096]), ([3, 3], [10, 20])], decode_tile_q=64, **heads)
     assert appending.families == ("decode", "prefill")
     assert [(x.family, x.mask, x.levels) for x in appending.launches] == [
@@ -138,7 +138,7 @@ def test_levels_pick_their_kernel_family_and_mask():
     ]
 
 
-def test_decode_levels_share_one_launch_and_read_the_prefix_once_per_cta_row_tile():
+def test_decode_levels_share_one_launch_and_read_the_prefix_once():
     n = 16
     decode = KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=64, cta_tile_kv=64)
     level_lens = [([n], [4096]), ([1] * n, [256] * n)]
@@ -153,14 +153,12 @@ def test_decode_levels_share_one_launch_and_read_the_prefix_once_per_cta_row_til
     (launch,) = cp.launches
     assert launch.stacked and launch.levels == (0, 1)
     assert launch.first_token.tolist() == [0, *range(n), n], "the prefix request, then one per sample"
-    items = launch.plan.work[: launch.plan.num_items]
-    prefix = items[items[:, 0] == 0]
-    rows = cascade.decode_tile_rows(64, 4)
-    assert (prefix[:, 2] - prefix[:, 1] == rows).all(), "full CTA row tiles of the 64 stacked rows"
-    keys = int((prefix[:, 4] - prefix[:, 3]).sum())
-    assert keys == 4096 * (n * 4 // rows), "each prefix key is read once per row tile"
-    assert prefix.shape[0] > n * 4 // rows, "the prefix is split over KV chunks to fill the GPU"
-    chunks = prefix.shape[0] // (n * 4 // rows)
+    prefix = launch.work[launch.work[:, 0] == 0]
+    assert (prefix[:, 1] == 0).all() and (prefix[:, 2] == n * 4).all(), "one CTA holds all 64 stacked rows"
+    assert int((prefix[:, 4] - prefix[:, 3]).sum()) == 4096, "each prefix key is read by exactly one item"
+    chunks = prefix.shape[0]
+    assert chunks > 1, "the prefix is split over KV chunks to fill the GPU"
+    assert launch.work.shape[0] == chunks + n and (launch.work[chunks:, 0] == np.arange(1, n + 1)).all()
     assert (np.diff(cp.merge_indptr) == chunks + 1).all(), "every prefix chunk and the own suffix merge"
 
 
