@@ -47,45 +47,29 @@ __device__ __forceinline__ int32_t first_token(const fib_attention_params& p, in
   return p.qo_indptr == nullptr ? request : p.qo_indptr[request];
 }
 
-// Copies the CTA's query rows (packed row r: token token0 + r / group) into shared memory as Math
-// (Q, fp16 for fp8 KV), applying RoPE at the query's position; rows past the work item's are zeroed
-// so every m-tile computes on finite data. All global loads go out before the first store: a CTA of
-// 64 stacked rows stages 8 pieces per thread, whose loads otherwise waited one after another.
+// Copies the CTA's query rows into shared memory as Math (Q, fp16 for fp8 KV), applying RoPE at
+// the query's position; rows past the work item's are zeroed so every m-tile computes on finite data.
 template <class Tr, class Var>
 __device__ __forceinline__ void stage_q(const fib_attention_params& p, const fib_work_item& item, int rows, int group,
-                                        int kv_head, int64_t token0, float q_pos, char* s_q, int tid) {
+                                        int kv_head, float q_pos, char* s_q, int tid) {
   using QN = typename Tr::QNative;
   using M = typename Tr::Math;
   constexpr int kGroups = Tr::kHeadDim / 8;  // 8-dim groups per row
   constexpr bool kRope = Var::kPos == PosEncoding::kRope;
-  constexpr int kHalves = kRope ? 2 : 1;  // RoPE: a task rotates groups g and g + kGroups / 2
-  constexpr int kTasksPerRow = kGroups / kHalves;
-  constexpr int kPerThread = Tr::kTileQ * kTasksPerRow / Tr::kThreads;
-  static_assert(Tr::kTileQ * kTasksPerRow % Tr::kThreads == 0, "whole staging tasks per thread");
-  Vec<QN, 8> v[kPerThread][kHalves];
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int task = tid + i * Tr::kThreads;
-    const int row = task / kTasksPerRow, g = task % kTasksPerRow;
-    if (row < rows) {
-      const int packed = item.qo_begin + row;
-      const int head = kv_head * group + packed % group;
-      const QN* src =
-          static_cast<const QN*>(p.q) + (token0 + packed / group) * p.q_stride_n + int64_t(head) * p.q_stride_h;
-#pragma unroll
-      for (int half = 0; half < kHalves; ++half) v[i][half] = Vec<QN, 8>::load(src + 8 * (g + half * kGroups / 2));
-    }
-  }
-#pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int task = tid + i * Tr::kThreads;
+  constexpr int kTasksPerRow = kRope ? kGroups / 2 : kGroups;  // RoPE: a task rotates groups g and g + kGroups / 2
+  for (int task = tid; task < Tr::kTileQ * kTasksPerRow; task += Tr::kThreads) {
     const int row = task / kTasksPerRow, g = task % kTasksPerRow;
     float x[2][8] = {};
     if (row < rows) {
+      const int packed = item.qo_begin + row;
+      const int head = kv_head * group + packed % group;
+      const int64_t token = first_token(p, item.request) + packed / group;
+      const QN* src = static_cast<const QN*>(p.q) + token * p.q_stride_n + int64_t(head) * p.q_stride_h;
 #pragma unroll
-      for (int half = 0; half < kHalves; ++half) {
+      for (int half = 0; half < (kRope ? 2 : 1); ++half) {
+        const auto v = Vec<QN, 8>::load(src + 8 * (g + half * kGroups / 2));
 #pragma unroll
-        for (int e = 0; e < 8; ++e) x[half][e] = to_float(v[i][half][e]);
+        for (int e = 0; e < 8; ++e) x[half][e] = to_float(v[e]);
       }
       if constexpr (kRope) {
 #pragma unroll
@@ -93,7 +77,7 @@ __device__ __forceinline__ void stage_q(const fib_attention_params& p, const fib
       }
     }
 #pragma unroll
-    for (int half = 0; half < kHalves; ++half) {
+    for (int half = 0; half < (kRope ? 2 : 1); ++half) {
       Vec<M, 8> out;
 #pragma unroll
       for (int e = 0; e < 8; ++e) out[e] = from_float<M>(x[half][e]);
@@ -134,8 +118,7 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
 
   int64_t* offsets = reinterpret_cast<int64_t*>(smem + Tr::kOffsetsAt);  // (kOffsetSlots, kTileKv)
   char* s_q = smem + Tr::kQAt;                                            // (kTileQ, kQPitch)
-  stage_q<Tr, Var>(p, item, rows, group, kv_head, first_token(p, item.request), float(Var::query_pos(ctx, 0)), s_q,
-                   tid);
+  stage_q<Tr, Var>(p, item, rows, group, kv_head, float(Var::query_pos(ctx, 0)), s_q, tid);
 
   // Page lookups run ahead of their copies: the row offsets of tile t are loaded into registers at
   // the end of iteration t - kStages - 1, published to shared memory at the end of the next one,
