@@ -153,7 +153,9 @@ def prepare_attention(
     """Checks every argument against `variant` and builds its params struct; see docs of api.h.
 
     q/o [total_q, Hq, D]; k/v paged [pages, page_size, Hkv, D] (NHD) or [pages, Hkv, page_size, D]
-    (HND) with kv_indices, or ragged [total_kv, Hkv, D] without; work int32 [num_work, 6]."""
+    (HND) with kv_indices, or ragged [total_kv, Hkv, D] without; work int32 [num_work, 6]. qo_indptr:
+    prefill's [batch + 1] token offsets; for decode None (one query per request) or, with a variant
+    without mask or positions, each request's first query token (stacked queries, api.h)."""
     if not isinstance(variant, Variant) or variant.family not in ("decode", "prefill"):
         raise InvalidArgument(f"variant must be a decode or prefill Variant, got {variant!r}")
     if kv_layout not in KV_LAYOUTS:
