@@ -59,9 +59,7 @@ class Launch:
     mask: str
     levels: tuple[int, ...]
     plans: tuple[Plan, ...]  # per level, as the scheduler planned it alone
-    work: (
-        np.ndarray
-    )  # int32 [items, 6]: the plans' real items, requests and partial rows in the batch's terms
+    work: np.ndarray  # int32 [items, 6]: the plans' items, requests and partial rows in the batch's terms
     qo_lens: np.ndarray  # int64 [batch]: query tokens per request of the batch
     first_token: np.ndarray  # int32 [batch + 1]: each request's first query token, then num_tokens
 
@@ -120,7 +118,8 @@ def plan_cascade(
     """levels: (qo_lens, kv_lens) per level; families and kernels: each level's kernel family
     (level_families) and KernelShape; cost: one cost model for every level (default: the decode or
     prefill model of its kernel); force_chunk: scheduler.plan's calibration knob, for every level.
-    Launches go in the order of their first level (on forked streams, the first starts first)."""
+    Launches go in the order of their first level (measured against the reverse at 32 samples, where
+    the prefix is a prefill launch: docs/PERFORMANCE.md)."""
     if not levels:
         raise ValueError("a cascade needs at least one level")
     qo_all = [np.asarray(qo, dtype=np.int64).reshape(-1) for qo, _ in levels]

@@ -318,6 +318,7 @@ def prepare_attention(
             work,
             partial_o,
             num_qo_heads // num_kv_heads,
+            first_tokens=variant.family == "decode" and qo_indptr is not None,
         )
 
     kernel = _kernel(variant, device)
@@ -353,9 +354,21 @@ def prepare_attention(
 
 
 def _check_index_values(
-    k, paged, page_size, kv_indptr, kv_indices, kv_last_page_len, qo_indptr, total_q, work, partial_o, group
+    k,
+    paged,
+    page_size,
+    kv_indptr,
+    kv_indices,
+    kv_last_page_len,
+    qo_indptr,
+    total_q,
+    work,
+    partial_o,
+    group,
+    first_tokens=False,
 ) -> None:
-    """Host-side checks of index values (synchronizes): monotone indptrs, page ids, work items in range."""
+    """Host-side checks of index values (synchronizes): monotone indptrs, page ids, work items in range.
+    first_tokens: qo_indptr holds decode's first query token per request (api.h), not an indptr."""
     if paged:
         pages = check_indptr_values("kv_indptr", kv_indptr, total=kv_indices.shape[0])
         check_page_ids("kv_indices", kv_indices, k.shape[0], pages[-1])
@@ -366,7 +379,13 @@ def _check_index_values(
     else:
         rows = check_indptr_values("kv_indptr", kv_indptr, total=k.shape[0])
         kv_lens = [b - a for a, b in zip(rows[:-1], rows[1:], strict=True)]
-    if qo_indptr is not None:
+    if first_tokens:
+        # A request's queries run from its first token for as many tokens as its items' rows reach.
+        starts = qo_indptr.tolist()
+        q_lens = [max(total_q - t, 0) for t in starts]
+        if any(t < 0 for t in starts):
+            raise InvalidArgument(f"qo_indptr (first query tokens) must be >= 0, got {min(starts)}")
+    elif qo_indptr is not None:
         qo = check_indptr_values("qo_indptr", qo_indptr, total=total_q)
         q_lens = [b - a for a, b in zip(qo[:-1], qo[1:], strict=True)]
     else:

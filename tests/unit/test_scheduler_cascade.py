@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from flashinfer_build.kernels import cascade, emulate, reference
+from flashinfer_build.kernels import cascade, emulate, ops, reference
+from flashinfer_build.kernels.checks import InvalidArgument
 from flashinfer_build.kernels.scheduler import CostModel, KernelShape
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -201,3 +202,21 @@ def test_a_launch_batch_lists_each_request_with_its_own_pages_and_first_token():
         got = batch["kv_indices"][batch["kv_indptr"][i] : batch["kv_indptr"][i + 1]]
         assert got.tolist() == indices[kv_ptr[r] : kv_ptr[r + 1]].tolist()
         assert batch["kv_last_page_len"][i] == last[r]
+
+
+def test_index_checks_read_decode_first_tokens_and_bound_their_rows():
+    """ops' check_indices reads a stacked decode launch's qo_indptr as first tokens (the prefix request's
+    0, then each sample's own token), not as an indptr, and refuses rows past the last query token."""
+    k = torch.zeros(8, 4, 2, 8)  # 8 pages of 4 slots, 2 KV heads (group 2 below)
+    index = torch.tensor([0, 2, 3, 4], dtype=torch.int32)  # 3 requests: 2 pages, 1, 1
+    args = (k, True, 4, index, torch.arange(4, dtype=torch.int32), torch.tensor([4, 4, 4], dtype=torch.int32))
+    first = torch.tensor([0, 0, 1, 2], dtype=torch.int32)
+    work = torch.tensor([[0, 0, 4, 0, 8, 0], [1, 0, 2, 0, 4, 2], [2, 0, 2, 0, 4, 3]], dtype=torch.int32)
+    partial_o = torch.zeros(4, 4, 8)
+    ops._check_index_values(*args, first, 2, work, partial_o, 2, first_tokens=True)
+    past = work.clone()
+    past[2, 2] = 4  # request 2 starts at token 1 of 2: rows [0, 4) would reach token 2
+    with pytest.raises(InvalidArgument, match=r"query rows must lie in \[0, 2\]"):
+        ops._check_index_values(*args, first, 2, past, partial_o, 2, first_tokens=True)
+    with pytest.raises(InvalidArgument, match=r"work\[0\].*query rows must lie in \[0, 0\]"):
+        ops._check_index_values(*args, first, 2, work, partial_o, 2)  # read as an indptr: request 0 owns none
