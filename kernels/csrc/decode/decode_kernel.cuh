@@ -85,6 +85,9 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
   constexpr bool kRope = Var::kPos == PosEncoding::kRope;
   extern __shared__ __align__(128) char smem[];
 
+  wait_for_previous_grid();  // launch.cuh: q, the cache and the outputs may be the previous kernel's
+  launch_dependents();
+
   // CTA (i, h) of the api.h grid is block i * num_kv_heads + h: the KV heads of one work item are
   // dispatched together, so the CTAs reading the same pages run side by side (whole pages per DRAM
   // row instead of one head's slice of each).
@@ -260,8 +263,7 @@ cudaError_t run(const fib_attention_params* p, cudaStream_t stream) {
   constexpr auto kernel = decode_kernel<QT, KVT, HeadDim, Var>;
   const cudaError_t err = configure_kernel<kernel>(Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  kernel<<<unsigned(p->num_work) * unsigned(p->num_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(*p);
-  return cudaGetLastError();
+  return launch(kernel, unsigned(p->num_work) * unsigned(p->num_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream, *p);
 }
 
 template <typename QT, typename KVT, int HeadDim, class Var>
