@@ -8,7 +8,9 @@ Every time is the median of CUDA-graph replays (kernels/bench/timing.py, inputs 
   - "planned": BatchDecodeWrapper's launches (attention, then merge when the plan split), the
     number the issue's target is about;
   - "attention" / "merge": the same plan's two launches timed alone, through ops;
-  - "chunk N": the plan forced to KV chunks of N keys (attention + merge), through ops.
+  - "chunk N": the plan forced to KV chunks of N keys (attention + merge), through ops;
+  - "after a plain kernel": the planned launches each right after a torch kernel that writes q,
+    minus that kernel alone (back-to-back replays let the next call's start overlap this one's end).
 Each wrapper output is checked against the float32 reference (kernels/reference.py) first.
 --profile adds a torch.profiler trace of graph replays of the 1 x 32k launches: each kernel's
 duration and the idle gap before it, medians over the replays.
@@ -126,6 +128,16 @@ def forced(batch: Batch, device, chunk: int | None, parts=("attention", "merge")
     return time_calls(calls, graph=True).median_us, p
 
 
+def after_plain_kernel(batch: Batch, calls) -> tuple[float, float]:
+    """Graph-replay times of (a plain kernel that writes q, then the planned launches) and of that
+    kernel alone: a model step puts a RoPE or KV-append kernel, not the previous merge, before the
+    attention kernel, and on sm_90 the attention kernel's early work overlaps only what comes before."""
+    sources = [torch.randn_like(q) for q in batch.qs]
+    both = [lambda c=c, q=q, s=s: (q.copy_(s), c()) for c, q, s in zip(calls, batch.qs, sources, strict=True)]
+    alone = [lambda q=q, s=s: q.copy_(s) for q, s in zip(batch.qs, sources, strict=True)]
+    return time_calls(both, graph=True).median_us, time_calls(alone, graph=True).median_us
+
+
 def profile(calls, replays: int = 20) -> list[dict]:
     """Per kernel name: median duration and median idle gap before it, over graph replays."""
     from torch.profiler import ProfilerActivity
@@ -193,6 +205,12 @@ def main():
     }
     lines.append(
         f"1 x 32k bf16  planned {us:7.2f} us (chunk {info.chunk_size}, {info.num_items} items, err {err:.1e})"
+    )
+    both, alone = after_plain_kernel(one, calls)
+    res["1x32k"]["after_plain_kernel_us"] = round(both - alone, 2)
+    lines.append(
+        f"1 x 32k bf16  after a plain kernel writing q {both:7.2f} us - {alone:.2f} us (it alone) = "
+        f"{both - alone:.2f} us"
     )
     for parts in (("attention",), ("merge",)):
         t, _ = forced(one, device, None, parts)

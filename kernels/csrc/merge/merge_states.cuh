@@ -40,8 +40,11 @@ __global__ void __launch_bounds__(kThreads) merge_states_kernel(const fib_merge_
   using T = native_t<OutT>;
   __shared__ float4 s_acc[kWarps][kMaxDimSlices * 32];
 
-  wait_for_previous_grid();  // launch.cuh: the partial states are the previous kernel's output
+  // Programmatic launch (launch.cuh): the merge index is read before waiting for the previous
+  // kernel (the attention kernel writing the partial states) where the flags say it was in place
+  // before that kernel started: two of the four dependent loads then overlap its end.
   launch_dependents();
+  if (!(p.flags & FIB_INDEX_READY)) wait_for_previous_grid();
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int row = int(blockIdx.x / unsigned(p.num_heads)), head = int(blockIdx.x % unsigned(p.num_heads));
@@ -51,11 +54,9 @@ __global__ void __launch_bounds__(kThreads) merge_states_kernel(const fib_merge_
   // Lane i holds state begin + i of the first group of 32 (kept for the accumulation below) and
   // takes part in the max over the others.
   int64_t first_state = 0;
-  float first_lse = -INFINITY;
-  if (begin + lane < end) {
-    first_state = p.merge_indices[begin + lane];
-    first_lse = p.partial_lse[first_state * p.num_heads + head];
-  }
+  if (begin + lane < end) first_state = p.merge_indices[begin + lane];
+  wait_for_previous_grid();  // the partial states are the previous kernel's output
+  const float first_lse = begin + lane < end ? p.partial_lse[first_state * p.num_heads + head] : -INFINITY;
   float m = first_lse;
   for (int i = begin + 32 + lane; i < end; i += 32) {
     m = fmaxf(m, p.partial_lse[int64_t(p.merge_indices[i]) * p.num_heads + head]);
