@@ -16,12 +16,13 @@ constexpr int kMaxDevices = 64;
 // it in the stream is still running, once every CTA of that one has called launch_dependents() or
 // exited, and must call wait_for_previous_grid() before it touches memory the previous kernel may
 // write or read (that call returns once the previous grid has finished and its writes are visible).
-// Our kernels call both first thing: nothing is read early, so any kernel may precede them, and the
-// next launch (the merge after a split decode) is resident when this one ends instead of starting
-// then (measured on an H100, batch 1 x 32k split: the merge's launch gap of 0.3 us becomes an
-// overlap, and with the merge kernel's rewrite decode + merge went 60.2-60.5 -> 56.9-57.0 us; the
-// share of each was not separated). The instructions exist from sm_90 on: packs with older machine code (sm80, whose PTX also runs on
-// newer GPUs) launch plainly and compile both calls to nothing.
+// Our kernels call launch_dependents() first thing, so the next launch (the merge after a split
+// decode) is resident when they end, and wait before anything but what the launch flags of api.h
+// declare ready. Measured on an H100, batch 1 x 32k split, graph replays: the merge's 0.3 us launch
+// gap becomes an overlap; with the merge kernel's rewrite, decode + merge went 60.2-60.5 -> 56.9-57.0
+// us (the share of each was not separated), and with the flags to 54.4 us. The instructions exist
+// from sm_90 on: packs with older machine code (sm80, whose PTX also runs on newer GPUs) launch
+// plainly and compile both calls to nothing.
 constexpr bool programmatic_launch_supported() {
 #ifdef __CUDA_ARCH_LIST__
   constexpr int archs[] = {__CUDA_ARCH_LIST__};
