@@ -149,13 +149,18 @@ def prepare_attention(
     custom_mask=None,
     mask_indptr=None,
     check_indices: bool = False,
+    index_ready: bool = False,
+    pages_ready: bool = False,
 ) -> PreparedAttention:
     """Checks every argument against `variant` and builds its params struct; see docs of api.h.
 
     q/o [total_q, Hq, D]; k/v paged [pages, page_size, Hkv, D] (NHD) or [pages, Hkv, page_size, D]
     (HND) with kv_indices, or ragged [total_kv, Hkv, D] without; work int32 [num_work, 6]. qo_indptr:
     prefill's [batch + 1] token offsets; for decode None (one query per request) or, with a variant
-    without mask or positions, each request's first query token (stacked queries, api.h)."""
+    without mask or positions, each request's first query token (stacked queries, api.h).
+    index_ready (work, kv_indptr, kv_last_page_len) and pages_ready (kv_indices) promise that those
+    arrays are written before the kernel preceding each launch in the stream starts (by plan, say):
+    on sm_90 the kernel then reads them while that kernel still runs (api.h, FIB_INDEX_READY)."""
     if not isinstance(variant, Variant) or variant.family not in ("decode", "prefill"):
         raise InvalidArgument(f"variant must be a decode or prefill Variant, got {variant!r}")
     if kv_layout not in KV_LAYOUTS:
@@ -338,6 +343,7 @@ def prepare_attention(
     p.k_scale, p.v_scale = k_scale, v_scale
     p.window_left = window_left
     p.alibi_slopes, p.custom_mask, p.mask_indptr = _ptr(alibi_slopes), _ptr(custom_mask), _ptr(mask_indptr)
+    p.flags = (abi.INDEX_READY if index_ready else 0) | (abi.PAGES_READY if pages_ready else 0)
     keep = (
         kv_indptr,
         kv_indices,
@@ -433,11 +439,14 @@ def _merge_variant(o: torch.Tensor) -> Variant:
     return Variant(family="merge", arch="sm90a", q_dtype=q_dtype)
 
 
-def prepare_merge(partial_o, partial_lse, merge_indptr, merge_indices, o, lse=None) -> PreparedMerge:
+def prepare_merge(
+    partial_o, partial_lse, merge_indptr, merge_indices, o, lse=None, *, index_ready: bool = False
+) -> PreparedMerge:
     """Out row n = the log-sum-exp weighted combination of partial rows merge_indices[merge_indptr[n]:
     merge_indptr[n + 1]]. partial_o float32 [rows, H, D], partial_lse float32 [rows, H] (natural log),
     o [num_rows, H, D] fp16/bf16, lse float32 [num_rows, H] or None. Rows with no state are left as
-    they are."""
+    they are. index_ready: merge_indptr and merge_indices are written before the kernel preceding
+    each launch starts (see prepare_attention)."""
     check_tensor(
         "partial_o",
         partial_o,
@@ -477,6 +486,7 @@ def prepare_merge(partial_o, partial_lse, merge_indptr, merge_indices, o, lse=No
     p.merge_indptr, p.merge_indices = merge_indptr.data_ptr(), merge_indices.data_ptr()
     p.o, p.o_stride_n, p.o_stride_h, p.lse = o.data_ptr(), o.stride(0), o.stride(1), _ptr(lse)
     p.num_rows, p.num_heads, p.head_dim = num_rows, heads, d
+    p.flags = abi.INDEX_READY if index_ready else 0
     return PreparedMerge(kernel, p, device, o, lse, (partial_o, partial_lse, merge_indptr, merge_indices))
 
 

@@ -94,6 +94,13 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
   constexpr bool kRope = Var::kPos == PosEncoding::kRope;
   extern __shared__ __align__(128) char smem[];
 
+  // Programmatic launch (launch.cuh): this CTA may start while the previous kernel still runs. It
+  // walks the page table (work item -> kv_indptr -> kv_indices, three dependent loads, ~3 us of a
+  // 1 x 32k split's 53 us) before waiting for that kernel where the flags (api.h) say those arrays
+  // were in place before it started, and reads q, k, v and writes its outputs only after.
+  launch_dependents();
+  if (!(p.flags & FIB_INDEX_READY)) wait_for_previous_grid();
+
   // CTA (i, h) of the api.h grid is block i * num_kv_heads + h: the KV heads of one work item are
   // dispatched together, so the CTAs reading the same pages run side by side (whole pages per DRAM
   // row instead of one head's slice of each).
@@ -118,35 +125,35 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
 
   int64_t* offsets = reinterpret_cast<int64_t*>(smem + Tr::kOffsetsAt);  // (kOffsetSlots, kTileKv)
   char* s_q = smem + Tr::kQAt;                                            // (kTileQ, kQPitch)
-  stage_q<Tr, Var>(p, item, rows, group, kv_head, float(Var::query_pos(ctx, 0)), s_q, tid);
 
   // Page lookups run ahead of their copies: the row offsets of tile t are loaded into registers at
   // the end of iteration t - kStages - 1, published to shared memory at the end of the next one,
   // and read by the copies issued in iteration t - kStages + 1: a lookup's latency overlaps a whole
   // iteration instead of ending one (measured: fp8 stuck at ~77% of copy bandwidth before).
-  int64_t ahead[Tr::kLookupsPerThread];
-  const auto lookup = [&](int tile) {
+  const auto lookup = [&](int tile, int64_t(&dst)[Tr::kLookupsPerThread]) {
 #pragma unroll
     for (int i = 0; i < Tr::kLookupsPerThread; ++i) {
       const int row = tid + i * Tr::kThreads;
-      ahead[i] = row < Tr::kTileKv && tile < num_tiles
-                     ? kv_row_offset(p, src, kv_begin + tile * Tr::kTileKv + row, kv_end)
-                     : -1;
+      dst[i] = row < Tr::kTileKv && tile < num_tiles ? kv_row_offset(p, src, kv_begin + tile * Tr::kTileKv + row, kv_end)
+                                                     : -1;
     }
   };
-  const auto publish = [&](int tile) {
+  const auto publish = [&](int tile, const int64_t(&from)[Tr::kLookupsPerThread]) {
 #pragma unroll
     for (int i = 0; i < Tr::kLookupsPerThread; ++i) {
       const int row = tid + i * Tr::kThreads;
-      if (row < Tr::kTileKv) offsets[(tile % Tr::kOffsetSlots) * Tr::kTileKv + row] = ahead[i];
+      if (row < Tr::kTileKv) offsets[(tile % Tr::kOffsetSlots) * Tr::kTileKv + row] = from[i];
     }
   };
+  if (!(p.flags & FIB_PAGES_READY)) wait_for_previous_grid();
+  int64_t first[Tr::kStages][Tr::kLookupsPerThread], ahead[Tr::kLookupsPerThread];
 #pragma unroll
-  for (int t = 0; t < Tr::kStages; ++t) {
-    lookup(t);
-    publish(t);
-  }
-  lookup(Tr::kStages);
+  for (int t = 0; t < Tr::kStages; ++t) lookup(t, first[t]);
+  lookup(Tr::kStages, ahead);
+  wait_for_previous_grid();  // q, the cache and the outputs may be the previous kernel's
+  stage_q<Tr, Var>(p, item, rows, group, kv_head, float(Var::query_pos(ctx, 0)), s_q, tid);
+#pragma unroll
+  for (int t = 0; t < Tr::kStages; ++t) publish(t, first[t]);
   __syncthreads();
 
   // Warp roles: m-tiles of 16 rows; the warps of one m-tile take every slices-th key slice.
@@ -212,8 +219,8 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
         pv_slice<Tr>(st, s_v, key0, lane, s);
       }
     }
-    publish(t + Tr::kStages);
-    lookup(t + Tr::kStages + 1);
+    publish(t + Tr::kStages, ahead);
+    lookup(t + Tr::kStages + 1, ahead);
   }
   cp_async_wait<0>();
   __syncthreads();
@@ -273,8 +280,7 @@ cudaError_t run(const fib_attention_params* p, cudaStream_t stream) {
   constexpr auto kernel = decode_kernel<QT, KVT, HeadDim, Var>;
   const cudaError_t err = configure_kernel<kernel>(Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  kernel<<<unsigned(p->num_work) * unsigned(p->num_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(*p);
-  return cudaGetLastError();
+  return launch(kernel, unsigned(p->num_work) * unsigned(p->num_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream, *p);
 }
 
 template <typename QT, typename KVT, int HeadDim, class Var>
