@@ -461,8 +461,15 @@ class CascadeWrapper:
                     kv_layout=self.kv_layout,
                     partial_o=self.partial_o,
                     partial_lse=self.partial_lse,
+                    # Every index array (the page lists too) is in the workspace, uploaded by plan()
+                    # before any launch of the plan: the kernels may read it early (api.h flags).
+                    index_ready=True,
+                    pages_ready=True,
                     **views,
                     **self.knobs,
                 )
             )
-        return (*launches, ops.prepare_merge(self.partial_o, self.partial_lse, *self.merge_views, out, lse))
+        merge = ops.prepare_merge(
+            self.partial_o, self.partial_lse, *self.merge_views, out, lse, index_ready=True
+        )
+        return (*launches, merge)
