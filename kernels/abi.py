@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import ctypes as C
 
-ABI_VERSION = 1
+ABI_VERSION = 2
+# Launch flags (api.h): inputs in place before the previous kernel in the stream started, which an
+# sm_90 kernel then reads before waiting for that kernel.
+INDEX_READY = 1  # work, kv_indptr, kv_last_page_len; merge_indptr, merge_indices
+PAGES_READY = 2  # kv_indices
 
 _p = C.c_void_p
 _i32p = C.POINTER(C.c_int32)
@@ -65,6 +69,7 @@ class AttentionParams(C.Structure):
         ("alibi_slopes", _p),
         ("custom_mask", _p),
         ("mask_indptr", _p),
+        ("flags", C.c_int32),
     ]
 
 
@@ -81,6 +86,7 @@ class MergeParams(C.Structure):
         ("num_rows", C.c_int32),
         ("num_heads", C.c_int32),
         ("head_dim", C.c_int32),
+        ("flags", C.c_int32),
     ]
 
 

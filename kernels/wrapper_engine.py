@@ -737,6 +737,10 @@ class Engine:
             partial_o=views.get("partial_o"),
             partial_lse=views.get("partial_lse"),
             lse=lse,
+            # Everything but a user's device kv_indices lives in the workspace, uploaded by plan()
+            # before any launch of the plan: the kernels may read it early (ops.prepare_attention).
+            index_ready=True,
+            pages_ready=self.user_indices is None,
             **kn,
         )
         merge = None
@@ -748,6 +752,7 @@ class Engine:
                 views["merge_indices"],
                 out,
                 lse,
+                index_ready=True,
             )
         return attention, merge
 

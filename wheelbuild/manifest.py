@@ -1,6 +1,6 @@
 """manifest.json of a kernel pack: what kernels/loader.py reads to find and check the variants.
 
-    {"abi_version": 1, "arch": "sm90a", "builder_version": "0.1.0",
+    {"abi_version": 2, "arch": "sm90a", "builder_version": "0.1.0",
      "toolchain": {"nvcc": "13.0.88", "cutlass": "4.2.0", "host": "g++ ..."}, "min_driver_cuda": "13.0",
      "library": "libfib_kernels_sm90a.so", "planner": {"decode": "fib_plan_decode"},
      "variants": [{"id", "hash", "source_hash", "build_key", "family", "arch", "q_dtype", "kv_dtype",

@@ -55,6 +55,8 @@ def c_layout(tmp_path_factory) -> dict[str, int]:
         "int main(void) {",
         '  printf("abi_version %d\\n", FIB_ABI_VERSION);',
         *(f'  printf("{name} %d\\n", (int){name});' for name in PLAN_CONSTANTS),
+        '  printf("INDEX_READY %d\\n", FIB_INDEX_READY);',
+        '  printf("PAGES_READY %d\\n", FIB_PAGES_READY);',
     ]
     for c_name, struct in STRUCTS.items():
         lines.append(f'  printf("{c_name} %zu\\n", sizeof({c_name}));')
@@ -75,6 +77,10 @@ def c_layout(tmp_path_factory) -> dict[str, int]:
 
 def test_abi_version_matches(c_layout):
     assert c_layout["abi_version"] == abi.ABI_VERSION
+
+
+def test_launch_flags_match(c_layout):
+    assert (c_layout["INDEX_READY"], c_layout["PAGES_READY"]) == (abi.INDEX_READY, abi.PAGES_READY)
 
 
 @pytest.mark.parametrize("c_name", STRUCTS)
