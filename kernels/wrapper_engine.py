@@ -537,6 +537,7 @@ class Engine:
         upload = native.planner.upload if native.decode else native.planner.prefill_upload
         if upload is not None:  # the wait for the last upload, the plan and its upload in one call
             staging.grow(lay.metadata_bytes)
+            # the raw handle of torch's current stream: torch.cuda.current_stream() builds a Stream object
             stream = torch._C._cuda_getCurrentRawStream(self.device_index)
             err = upload(*args, staging.ptr, ref, self.workspace_ptr, stream, staging.event())
         else:
