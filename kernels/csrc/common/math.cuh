@@ -16,16 +16,23 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// log2(x) with the MUFU unit (lg2.approx: 0 -> -inf).
 // e^x through fast_exp2.
 __device__ __forceinline__ float fast_exp(float x) {
   constexpr float kLog2eF = 1.4426950408889634f;
   return fast_exp2(x * kLog2eF);
 }
 
+// log2(x) with the MUFU unit (lg2.approx: 0 -> -inf).
 __device__ __forceinline__ float fast_log2(float x) {
   float y;
   asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// tanh(x) with the MUFU unit (tanh.approx.f32: relative error about 2^-11, saturates to +-1).
+__device__ __forceinline__ float fast_tanh(float x) {
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
 

@@ -72,8 +72,9 @@ __device__ __forceinline__ void stage_q(const fib_attention_params& p, const fib
         for (int e = 0; e < 8; ++e) x[half][e] = to_float(v[e]);
       }
       if constexpr (kRope) {
+        const RopeFrequencies frequencies(p);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) rope_rotate(q_pos, rope_inv_freq(p, 8 * g + e, Tr::kHeadDim), x[0][e], x[1][e]);
+        for (int e = 0; e < 8; ++e) rope_rotate(q_pos, frequencies(8 * g + e, Tr::kHeadDim), x[0][e], x[1][e]);
       }
     }
 #pragma unroll
@@ -147,6 +148,16 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
   };
   if (!(p.flags & FIB_PAGES_READY)) wait_for_previous_grid();
   int64_t first[Tr::kStages][Tr::kLookupsPerThread], ahead[Tr::kLookupsPerThread];
+  // Warp roles: m-tiles of 16 rows; the warps of one m-tile take every slices-th key slice.
+  const int m_tiles = ceil_div(rows, 16);
+  const int slices = Tr::kWarps / m_tiles;
+  const int m_tile = warp % m_tiles, slice = warp / m_tiles;
+  const bool active = slice < slices;
+  const int r = lane / 4, c = lane % 4;
+  using KeyRopeT = KeyRope<Tr>;
+  auto& rope_table = *reinterpret_cast<typename KeyRopeT::Table*>(smem + Tr::kRopeAt);
+  if constexpr (kRope) KeyRopeT::fill(p, rope_table, slices, tid);
+
 #pragma unroll
   for (int t = 0; t < Tr::kStages; ++t) lookup(t, first[t]);
   lookup(Tr::kStages, ahead);
@@ -156,20 +167,16 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
   for (int t = 0; t < Tr::kStages; ++t) publish(t, first[t]);
   __syncthreads();
 
-  // Warp roles: m-tiles of 16 rows; the warps of one m-tile take every slices-th key slice.
-  const int m_tiles = ceil_div(rows, 16);
-  const int slices = Tr::kWarps / m_tiles;
-  const int m_tile = warp % m_tiles, slice = warp / m_tiles;
-  const bool active = slice < slices;
-  const int r = lane / 4, c = lane % 4;
   const char* q_row0 = s_q + (m_tile * 16 + r) * Tr::kQPitch;
   uint32_t qf[Tr::kQInRegisters ? Tr::kKSteps : 1][4];
   if constexpr (Tr::kQInRegisters) {
 #pragma unroll
     for (int j = 0; j < Tr::kKSteps; ++j) load_q_step<Tr>(q_row0, c, j, qf[j]);
   }
-  float inv_freq[Tr::kKPairs];
-  if constexpr (kRope) rope_k_frequencies<Tr>(p, c, inv_freq);
+  // The warp's slices sit kSliceKeys * slices keys apart, across tiles too (kTileSlices % slices == 0).
+  KeyRopeT key_rope;
+  int rope_slices = 0;
+  if constexpr (kRope) key_rope.seed(rope_table, c, float(kv_begin + slice * Tr::kSliceKeys + r));
 
   // Logit of raw dot product s for key kv in the log2 domain (k_scale folded in; fp8 widened to
   // fp16 reads kRealPerStored too small).
@@ -204,7 +211,14 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
       for (int ks = slice; ks < Tr::kTileSlices && tile_pos + ks * Tr::kSliceKeys < kv_end; ks += slices) {
         const int key0 = ks * Tr::kSliceKeys;
         float s[2][4];
-        qk_slice<Tr, kRope>(s_k, key0, lane, qf, q_row0, inv_freq, tile_pos, s);
+        qk_slice<Tr, kRope>(s_k, key0, lane, qf, q_row0, key_rope, rope_table, s);
+        if constexpr (kRope) {
+          if (++rope_slices % KeyRopeT::kReseedSlices == 0) {
+            key_rope.seed(rope_table, c, float(tile_pos + (ks + slices) * Tr::kSliceKeys + r));
+          } else {
+            key_rope.advance(rope_table, c);
+          }
+        }
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
 #pragma unroll

@@ -51,6 +51,7 @@ struct DecodeTraits {
                                  : kTileBytes / kRowBytes > 4 * kSliceKeys * kWarps ? 4 * kSliceKeys * kWarps
                                                                                   : kTileBytes / kRowBytes;
   static constexpr int kTileSlices = kTileKv / kSliceKeys;
+  static_assert(kTileSlices % kWarps == 0, "a warp's slices (every 1, 2 or 4) continue evenly across tiles");
   static constexpr int kTileQ = 16 * kWarps;             // packed query rows per CTA: one m-tile per warp at most
 
   // Lane (r, c) = (lane / 4, lane % 4) reads, of key row r, chunks c + 4m (Q K^T), and of value
@@ -84,7 +85,11 @@ struct DecodeTraits {
   static constexpr int kOffsetsBytes = kOffsetSlots * kTileKv * 8;
   // With Q in registers, Q is staged in the last stage's buffer, which the prologue leaves empty.
   static constexpr int kQAt = kQInRegisters ? (kStages - 1) * kStageBytes : kOffsetsAt + kOffsetsBytes;
-  static constexpr int kSmemBytes = kOffsetsAt + kOffsetsBytes + (kQInRegisters ? 0 : kQBytes);
+  // RoPE variants' per-CTA table (warp_mma_sm80.cuh, KeyRope::Table): each rotation pair's
+  // frequency and its turns by 8 keys and by a warp's slice stride.
+  static constexpr int kRopeAt = kOffsetsAt + kOffsetsBytes + (kQInRegisters ? 0 : kQBytes);
+  static constexpr int kRopeBytes = HeadDim / 2 * 3 * 8;
+  static constexpr int kSmemBytes = kRopeAt + kRopeBytes;
   static_assert(!kQInRegisters || kQBytes <= kStageBytes, "staged Q must fit in one pipeline stage");
 
   // XOR swizzle of a row's 16-byte chunk index (bits 0-2) so that every shared-memory access of

@@ -62,18 +62,85 @@ __device__ __forceinline__ void load_q_step(const char* q_row0, int c, int j, ui
   a[3] = hi.y;
 }
 
-// Inverse RoPE frequencies of the dims this lane holds in the first half of a key row, in the
-// order of its operand words' elements.
+// RoPE on the key rows a lane feeds to Q K^T (fusion/rope.cuh), by angle addition: every CTA
+// rotates each key row it reads once, and per-element sin/cos were most of that work. The lane
+// keeps cos/sin of its kKPairs pairs at the position of its row r in the warp's next slice; row
+// r + 8 takes them turned by 8 positions, and the next slice (kSliceKeys * slices keys on) by the
+// slice stride, both from a per-CTA table. Every kReseedSlices slices they are computed outright
+// again, so rounding (~1e-7 rad a step) cannot pile up over long requests.
+// Pair j of a lane is element j % 2 of its operand words j / 2 (low half) and j / 2 + kKPairs / 2.
 template <class Tr>
-__device__ __forceinline__ void rope_k_frequencies(const fib_attention_params& p, int c, float (&inv_freq)[Tr::kKPairs]) {
-  constexpr int kPairsPerChunk = Tr::kChunkElems / 2;
-#pragma unroll
-  for (int w = 0; w < Tr::kKPairs / 2; ++w) {
-    const int dim = (c + 4 * (w / kPairsPerChunk)) * Tr::kChunkElems + 2 * (w % kPairsPerChunk);
-    inv_freq[2 * w] = rope_inv_freq(p, dim, Tr::kHeadDim);
-    inv_freq[2 * w + 1] = rope_inv_freq(p, dim + 1, Tr::kHeadDim);
+struct KeyRope {
+  static constexpr int kPairs = Tr::kKPairs;
+  static constexpr int kReseedSlices = 64;
+
+  struct Table {  // entries [pair j][lane column c]: a warp's reads of one j are 32 contiguous bytes
+    RopeFreq freq[kPairs * 4];
+    float2 turn8[kPairs * 4];
+    float2 stride[kPairs * 4];
+  };
+
+  static_assert(sizeof(Table) <= Tr::kRopeBytes, "decode_traits.cuh reserves the table's shared memory");
+
+  float c[kPairs];
+  float s[kPairs];
+
+  // First-half dim of pair j of lane column c (the layout load_k_words reads).
+  __device__ __forceinline__ static int pair_dim(int c, int j) {
+    constexpr int kPairsPerChunk = Tr::kChunkElems / 2;
+    const int w = j / 2;
+    return (c + 4 * (w / kPairsPerChunk)) * Tr::kChunkElems + 2 * (w % kPairsPerChunk) + j % 2;
   }
-}
+
+  // Once per CTA. The turns are taken with the accurate sincospif: their errors add up.
+  __device__ __forceinline__ static void fill(const fib_attention_params& p, Table& table, int slices, int tid) {
+    const RopeFrequencies frequencies(p);
+    for (int e = tid; e < kPairs * 4; e += Tr::kThreads) {
+      const RopeFreq f = frequencies(pair_dim(e % 4, e / 4), Tr::kHeadDim);
+      float cs, sn;
+      table.freq[e] = f;
+      sincospif(2.0f * rope_turns(8.0f, f), &sn, &cs);
+      table.turn8[e] = make_float2(cs, sn);
+      sincospif(2.0f * rope_turns(float(Tr::kSliceKeys * slices), f), &sn, &cs);
+      table.stride[e] = make_float2(cs, sn);
+    }
+  }
+
+  __device__ __forceinline__ static void turn(float& cs, float& sn, float2 by) {
+    const float next = cs * by.x - sn * by.y;
+    sn = sn * by.x + cs * by.y;
+    cs = next;
+  }
+
+  __device__ __forceinline__ void seed(const Table& table, int lane_c, float pos) {
+#pragma unroll
+    for (int j = 0; j < kPairs; ++j) rope_cos_sin(pos, table.freq[j * 4 + lane_c], c[j], s[j]);
+  }
+
+  __device__ __forceinline__ void advance(const Table& table, int lane_c) {
+#pragma unroll
+    for (int j = 0; j < kPairs; ++j) turn(c[j], s[j], table.stride[j * 4 + lane_c]);
+  }
+
+  // Rotates one key row held as operand words; shifted: the row 8 positions past the kept angles.
+  __device__ __forceinline__ void rotate(uint32_t (&kw)[kPairs], const Table& table, int lane_c, bool shifted) const {
+    using M = typename Tr::Math;
+    constexpr int kHalf = kPairs / 2;
+#pragma unroll
+    for (int w = 0; w < kHalf; ++w) {
+      float2 lo = unpack2<M>(kw[w]), hi = unpack2<M>(kw[w + kHalf]);
+      float cs[2] = {c[2 * w], c[2 * w + 1]}, sn[2] = {s[2 * w], s[2 * w + 1]};
+      if (shifted) {
+        turn(cs[0], sn[0], table.turn8[(2 * w) * 4 + lane_c]);
+        turn(cs[1], sn[1], table.turn8[(2 * w + 1) * 4 + lane_c]);
+      }
+      rope_rotate(cs[0], sn[0], lo.x, hi.x);
+      rope_rotate(cs[1], sn[1], lo.y, hi.y);
+      kw[w] = pack2<M>(lo.x, lo.y);
+      kw[w + kHalf] = pack2<M>(hi.x, hi.y);
+    }
+  }
+};
 
 // Lane (r, c)'s B words of key row `row` for all k-steps: word 2j and 2j+1 feed k-step j.
 template <class Tr>
@@ -94,29 +161,12 @@ __device__ __forceinline__ void load_k_words(const char* s_k, int row, int c, ui
   }
 }
 
-// RoPE on one key row held as operand words: word w pairs with word w + kKPairs / 2 (dims d and
-// d + kHeadDim / 2, see rope_k_frequencies).
-template <class Tr>
-__device__ __forceinline__ void rope_k_words(uint32_t (&kw)[Tr::kKPairs], const float (&inv_freq)[Tr::kKPairs],
-                                             float pos) {
-  using M = typename Tr::Math;
-  constexpr int kHalf = Tr::kKPairs / 2;
-#pragma unroll
-  for (int w = 0; w < kHalf; ++w) {
-    float2 lo = unpack2<M>(kw[w]), hi = unpack2<M>(kw[w + kHalf]);
-    rope_rotate(pos, inv_freq[2 * w], lo.x, hi.x);
-    rope_rotate(pos, inv_freq[2 * w + 1], lo.y, hi.y);
-    kw[w] = pack2<M>(lo.x, lo.y);
-    kw[w + kHalf] = pack2<M>(hi.x, hi.y);
-  }
-}
-
 // S (16 rows x 16 keys of the slice starting at tile row `key0`) = Q K^T, raw dot products.
 // s[t] is n-tile t: s[t][0..1] = rows r, keys key0 + 8t + 2c + {0,1}; s[t][2..3] = row r + 8.
 template <class Tr, bool kRope>
 __device__ __forceinline__ void qk_slice(const char* s_k, int key0, int lane, const uint32_t (*qf)[4],
-                                         const char* q_row0, const float (&inv_freq)[Tr::kKPairs], int tile_pos,
-                                         float (&s)[2][4]) {
+                                         const char* q_row0, const KeyRope<Tr>& rope,
+                                         const typename KeyRope<Tr>::Table& rope_table, float (&s)[2][4]) {
   using M = typename Tr::Math;
   const int r = lane / 4, c = lane % 4;
 #pragma unroll
@@ -126,7 +176,7 @@ __device__ __forceinline__ void qk_slice(const char* s_k, int key0, int lane, co
     const int row = key0 + 8 * t + r;
     uint32_t kw[Tr::kKPairs];
     load_k_words<Tr>(s_k, row, c, kw);
-    if constexpr (kRope) rope_k_words<Tr>(kw, inv_freq, float(tile_pos + row));
+    if constexpr (kRope) rope.rotate(kw, rope_table, c, t == 1);
 #pragma unroll
     for (int j = 0; j < Tr::kKSteps; ++j) {
       const uint32_t b[2] = {kw[2 * j], kw[2 * j + 1]};

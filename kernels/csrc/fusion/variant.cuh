@@ -2,7 +2,7 @@
 // prefill; sm80 and, later, sm90a) at the same fixed points with the same signatures.
 //
 //   query transform   RoPE on q (and k) is applied where the mainloop loads them: see rope.cuh
-//   logits transform  soft-cap, ALiBi: logits_transform()
+//   logits transform  soft-cap, ALiBi: logits_transform(), with MUFU tanh for the soft-cap
 //   logits mask       mask policy: keep() per element, plus kv_range() for the loop bounds, so a
 //                     mainloop runs fully visible tiles without per-element tests
 //   softmax scale     softmax_scale_log2(): what multiplies the transformed logit before exp2
@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "../api.h"
+#include "../common/math.cuh"
 
 namespace fib {
 
@@ -42,20 +43,25 @@ struct Variant {
     return r.kv_len - r.q_len + q;
   }
 
-  // Multiplier applied to the transformed logit before exp2. When logits_transform has work to
-  // do it applies sm_scale itself (tanh and the ALiBi bias need the scaled logit), else the scale
-  // is folded into the exp2 argument.
+  // Multiplier applied to logits_transform's result before exp2: logits_transform(s) *
+  // softmax_scale_log2() is the transformed logit times log2(e). Constant factors of the logit
+  // move here, out of the per-element work: sm_scale when nothing else is done per element, the
+  // cap when soft-capping (logits_transform then returns tanh(x / cap), the logit over the cap).
   __device__ __forceinline__ static float softmax_scale_log2(const fib_attention_params& p) {
+    if constexpr (SoftCap) return p.logits_soft_cap * kLog2e;
     return kNeedsPerElementTransform ? kLog2e : p.sm_scale * kLog2e;
   }
 
-  // s is the raw dot product q.k (after RoPE when kPos == kRope). Order: scale, ALiBi, soft-cap.
+  // s is the raw dot product q.k (after RoPE when kPos == kRope). Order: scale, ALiBi, soft-cap;
+  // the result is in the units softmax_scale_log2 expects.
   __device__ __forceinline__ static float logits_transform(const fib_attention_params& p, const RowContext& r,
                                                            int32_t q, int32_t kv, float s) {
-    if constexpr (kNeedsPerElementTransform) {
-      s *= p.sm_scale;
-      if constexpr (Pos == PosEncoding::kAlibi) s += p.alibi_slopes[r.qo_head] * float(kv - query_pos(r, q));
-      if constexpr (SoftCap) s = p.logits_soft_cap * tanhf(s / p.logits_soft_cap);
+    if constexpr (Pos == PosEncoding::kAlibi) {
+      s = s * p.sm_scale + p.alibi_slopes[r.qo_head] * float(kv - query_pos(r, q));
+      if constexpr (SoftCap) s = fast_tanh(s * fast_rcp(p.logits_soft_cap));
+    } else if constexpr (SoftCap) {
+      // sm_scale / cap is the same for every element: one multiply before the tanh.
+      s = fast_tanh(s * (p.sm_scale * fast_rcp(p.logits_soft_cap)));
     }
     return s;
   }

@@ -4,6 +4,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/numeric_types.h>
 
+#include "rope_smem.cuh"
 #include "tile_size.h"
 
 namespace fib::prefill {
@@ -82,7 +83,7 @@ struct Sm80Traits {
     alignas(128) Element k[kKStages][cute::cosize_v<SmemLayoutKV>];
     alignas(128) Element v[cute::cosize_v<SmemLayoutKV>];
     alignas(16) int64_t kv_row_offset[kTableSlots][kBlockN];  // row tables of pending tiles (KvRowTable)
-    float rope_inv_freq[kHeadDim / 2];
+    RopePair rope[kHeadDim / 2];
   };
 };
 

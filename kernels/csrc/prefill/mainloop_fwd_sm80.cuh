@@ -112,7 +112,7 @@ struct MainloopFwdSm80 {
       fib::cp_async_wait<0>();
       return;
     }
-    if constexpr (kRope) fill_rope_inv_freq<kHeadDim, kThreads>(p, smem.rope_inv_freq, tid);
+    if constexpr (kRope) RopeTile<Traits>::fill(p, smem.rope, tid);
     // Row tables of the first kKStages tiles visited; each step then writes the one kKStages ahead.
     KvRowTable<Traits> table;
     CUTE_UNROLL
@@ -128,7 +128,7 @@ struct MainloopFwdSm80 {
     if constexpr (kRope) {
       fib::cp_async_wait<1>();  // Q has landed; K may still be in flight
       __syncthreads();
-      rope_rotate_tile<Traits>(sQ, smem.rope_inv_freq, tid, [&](int row) {
+      RopeTile<Traits>::rotate_rows(sQ, smem.rope, tid, [&](int row) {
         const int32_t packed = t.row_begin + min(row, t.num_rows - 1);
         return VariantT::query_pos(t.ctx, packed / t.group);
       });
@@ -169,7 +169,7 @@ struct MainloopFwdSm80 {
       if (kKStages == 2 && n > 0) load_k(n - 1);  // into the buffer K[n + 1] left
       Tensor sK = k_buffer(n);
       if constexpr (kRope) {
-        rope_rotate_tile<Traits>(sK, smem.rope_inv_freq, tid, [&](int row) { return tile_start(n) + row; });
+        RopeTile<Traits>::rotate_consecutive(sK, smem.rope, tid, tile_start(n));
         __syncthreads();
       }
 
