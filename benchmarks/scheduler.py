@@ -1,5 +1,5 @@
 """The scheduler's benchmarks (issue 4): planned split-KV vs unsplit decode, plan host time, and cascade
-vs plain paged decode for parallel generation with a shared prefix.
+vs plain paged decode for parallel generation with a shared prefix (benchmarks/shared_prefix.py).
 
     python benchmarks/scheduler.py [--json FILE] [--quick]
 
@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import torch
-from flashinfer_build.kernels import cascade, scheduler, wrapper_engine, wrappers
+from flashinfer_build.kernels import scheduler, wrapper_engine, wrappers
 from flashinfer_build.kernels.bench.timing import rotation_sets, time_calls
 
 HQ, HKV, D, PAGE = 32, 8, 128, 16
@@ -214,51 +214,6 @@ def bench_plan_time(device, batch=256, calls=500):
     return results
 
 
-def bench_cascade(device, prefix=4096, suffix=256):
-    rows = []
-    for n in (1, 4, 16):
-        sets = sets_for(prefix + n * suffix, device)
-        indptr, indices, last, caches, prefix_ids, rest = paged_batch([suffix] * n, sets, device, prefix)
-        size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=n, max_num_pages=len(indices))
-        plain = wrappers.BatchDecodeWrapper(torch.empty(size, dtype=torch.uint8, device=device))
-        plain.plan(indptr, indices, last, HQ, HKV, D, PAGE)
-        own = suffix // PAGE
-        levels = (
-            [torch.tensor([0, n], dtype=torch.int32), torch.arange(n + 1, dtype=torch.int32)],
-            [
-                torch.tensor([0, len(prefix_ids)], dtype=torch.int32),
-                torch.arange(0, n * own + 1, own, dtype=torch.int32),
-            ],
-            [torch.from_numpy(prefix_ids), torch.from_numpy(rest)],
-            [torch.tensor([PAGE], dtype=torch.int32), last],
-        )
-        csize = cascade.workspace_size(
-            2, HQ, HKV, D, max_batch_size=n, max_num_tokens=n, max_num_pages=prefix // PAGE + n * own
-        )
-        casc = cascade.CascadeWrapper(2, torch.empty(csize, dtype=torch.uint8, device=device))
-        casc.plan(*levels, HQ, HKV, D, PAGE)
-        qs = [torch.randn(n, HQ, D, device=device, dtype=BF16) for _ in caches]
-        outs = [torch.empty_like(q) for q in qs]
-        plain_t = time_calls(
-            [plain.launcher(q, k, v, o) for q, (k, v), o in zip(qs, caches, outs, strict=True)], graph=True
-        ).median_us
-        casc_t = time_calls(
-            [casc.launcher(q, k, v, o) for q, (k, v), o in zip(qs, caches, outs, strict=True)], graph=True
-        ).median_us
-        a, b = plain.run(qs[0], caches[0]), casc.run(qs[0], caches[0])
-        err = float((a.float() - b.float()).abs().max())
-        rows.append(
-            {
-                "n": n,
-                "plain_us": round(plain_t, 2),
-                "cascade_us": round(casc_t, 2),
-                "speedup": round(plain_t / casc_t, 3),
-                "max_abs_diff": err,
-            }
-        )
-    return rows
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results here")
@@ -267,6 +222,8 @@ def main():
     device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(0)
     np.random.seed(0)
+    from shared_prefix import bench_cascade  # it imports this module's batch helpers
+
     results = {
         "device": torch.cuda.get_device_name(device),
         "date": time.strftime("%Y-%m-%d"),

@@ -21,11 +21,19 @@ WORKLOAD_HELP = (
 @click.command("bench")
 @selection_options
 @click.option("--workloads", help=WORKLOAD_HELP)
-@click.option("--shape", "shapes", multiple=True,
-              help="A workload of your own (repeatable), e.g. 'decode:batch=32,kv=4096,kv_dtype=fp8e4m3' or "
-              "'prefill:batch=2,tokens=8192,hd=128,causal=true'.")
-@click.option("--baselines", default="sdpa-flash,sdpa-cudnn,sdpa-efficient,flex", show_default=True,
-              help="Comma-separated peers to time beside ours ('none' for none).")
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    help="A workload of your own (repeatable), e.g. 'decode:batch=32,kv=4096,kv_dtype=fp8e4m3' or "
+    "'prefill:batch=2,tokens=8192,hd=128,causal=true'.",
+)
+@click.option(
+    "--baselines",
+    default="sdpa-flash,sdpa-cudnn,sdpa-efficient,flex",
+    show_default=True,
+    help="Comma-separated peers to time beside ours ('none' for none).",
+)
 @click.option("--cuda-graph", is_flag=True, help="Time CUDA-graph replays instead of eager calls.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the inputs.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report here.")
@@ -85,8 +93,9 @@ def bench(workloads, shapes, baselines, cuda_graph, seed, json_path, csv_path, p
 
     with progress_bar() as bar:
         task = bar.add_task("bench", total=len(rows))
-        report = lib.bench(rows, peaks, arch=arch, built=built, baselines=names, graph=cuda_graph, seed=seed,
-                           on_row=on_row)
+        report = lib.bench(
+            rows, peaks, arch=arch, built=built, baselines=names, graph=cuda_graph, seed=seed, on_row=on_row
+        )
     data = report.to_dict()
     out.print(bench_report.table(data))
     if json_path:
@@ -95,8 +104,12 @@ def bench(workloads, shapes, baselines, cuda_graph, seed, json_path, csv_path, p
         Path(csv_path).write_text(bench_report.to_csv(data))
     if plot_path:
         bench_report.plot(data, plot_path)
-    bad = [r["workload"]["name"] for r in data["rows"] for m in r["methods"]
-           if m["name"] == "ours" and m["status"] in ("wrong", "error")]
+    bad = [
+        r["workload"]["name"]
+        for r in data["rows"]
+        for m in r["methods"]
+        if m["name"] == "ours" and m["status"] in ("wrong", "error")
+    ]
     if bad:
         raise VerifyFailed(f"our kernels failed on {len(bad)} workloads (first: {bad[0]}); see the report")
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import ctypes as C
 
-ABI_VERSION = 1
+ABI_VERSION = 2
+# Launch flags (api.h): inputs in place before the previous kernel in the stream started, which an
+# sm_90 kernel then reads before waiting for that kernel.
+INDEX_READY = 1  # work, kv_indptr, kv_last_page_len; merge_indptr, merge_indices
+PAGES_READY = 2  # kv_indices
 
 _p = C.c_void_p
 _i32p = C.POINTER(C.c_int32)
@@ -65,6 +69,7 @@ class AttentionParams(C.Structure):
         ("alibi_slopes", _p),
         ("custom_mask", _p),
         ("mask_indptr", _p),
+        ("flags", C.c_int32),
     ]
 
 
@@ -81,6 +86,7 @@ class MergeParams(C.Structure):
         ("num_rows", C.c_int32),
         ("num_heads", C.c_int32),
         ("head_dim", C.c_int32),
+        ("flags", C.c_int32),
     ]
 
 
@@ -99,3 +105,88 @@ class KernelInfo(C.Structure):
 
 
 PARAMS_FOR_FAMILY = {"decode": AttentionParams, "prefill": AttentionParams, "merge": MergeParams}
+
+
+# ---- the host planner: kernels/csrc/plan/plan_api.h (not part of ABI_VERSION: a pack without the planner
+# ---- still loads, and its plans come from the Python planner) ----------------------------------------
+
+PLAN_MAX_FACTORS = 8
+(
+    PLAN_OK,
+    PLAN_INDPTR_START,
+    PLAN_INDPTR_DECREASES,
+    PLAN_INDPTR_EXCEEDS,
+    PLAN_LAST_PAGE_LEN,
+    PLAN_BATCH_OVER,
+    PLAN_TOKENS_OVER,
+    PLAN_ITEMS_OVER,
+    PLAN_SLOT_OVER,
+    PLAN_BAD_CONFIG,
+    PLAN_CUDA,
+    PLAN_QO_INDPTR,
+) = range(12)
+
+
+class PlanConfig(C.Structure):
+    _fields_ = [
+        *((name, C.c_int32) for name in ("num_qo_heads", "num_kv_heads", "page_size", "window_left")),
+        *((name, C.c_int32) for name in ("split_kv", "fixed_grid", "kv_bytes")),
+        *((name, C.c_int32) for name in ("num_sms", "ctas_per_sm", "cta_tile_q", "cta_tile_kv")),
+        *(
+            (name, C.c_int32)
+            for name in ("cap_batch", "cap_tokens", "cap_work_items", "cap_partial_rows", "cap_pages")
+        ),
+        *(
+            (f"at_{name}", C.c_int32)
+            for name in (
+                "work",
+                "merge_indptr",
+                "merge_indices",
+                "kv_indptr",
+                "kv_last_page_len",
+                "kv_indices",
+                "qo_indptr",
+            )
+        ),
+        *(
+            (name, C.c_double)
+            for name in (
+                "item_overhead",
+                "solo_speedup",
+                "wave_fill",
+                "merge_launch",
+                "partial_bytes_per_key_byte",
+                "min_gain",
+            )
+        ),
+        ("num_split_factors", C.c_int32),
+        ("mask", C.c_int32),
+        ("split_factors", C.c_double * PLAN_MAX_FACTORS),
+    ]
+
+
+class PlanResult(C.Structure):
+    _fields_ = [
+        *(
+            (name, C.c_int32)
+            for name in (
+                "error",
+                "num_items",
+                "grid",
+                "merge_indptr_len",
+                "num_partial_rows",
+                "chunk_size",
+                "num_candidates",
+                "num_tokens",
+                "num_merge_entries",
+                "reserved",
+            )
+        ),
+        ("values", C.c_int64 * 3),
+        ("kv_used", C.c_int64),
+        ("upload_bytes", C.c_int64),
+        ("unsplit", C.c_double),
+        ("chosen", C.c_double),
+        ("candidate_sizes", C.c_int64 * PLAN_MAX_FACTORS),
+        ("candidate_times", C.c_double * PLAN_MAX_FACTORS),
+    ]

@@ -7,13 +7,19 @@ Every query token attends each level's KV of its group, and the per-level states
 log-sum-exp into attention over the concatenated KV (prefix first). Levels compose: a prefix shared
 by all, a sub-prefix shared by some, then each request's own suffix.
 
-How it runs: a level whose requests have one query each runs the decode kernel; a level whose groups
-stack several queries runs the prefill kernel on them, so a shared prefix's KV is read once per
+How it runs: a shared level's groups stack their queries into one request, so its KV is read once per
 group, not once per query. Shared levels use mask 'none' (the prefix precedes every query); the last
-level is causal when it holds several queries per request (appending). Every level writes float32
-partial states into one buffer (the levels run side by side on forked streams: their rows are
-disjoint), and ONE merge launch combines, for each token, its states across levels and KV chunks
-(kernels/scheduler.py plans each level, splitting long KV as usual). Position-dependent variants
+level is causal when it holds several queries per request (appending). A level runs the decode kernel
+when its requests have one query each, or when it is shared and each group's stacked query rows
+(queries x GQA group) fit one decode CTA (64 rows); other levels (appending, or groups too large for
+one decode CTA) run the prefill kernel, whose 128-row tile would be mostly padding for a few samples
+of a prompt. Each level is planned on its own by kernels/scheduler.py (split over KV chunks as any
+batch), then all decode levels run as ONE launch: their work lists one after the other over one batch
+of their requests (each reading its query tokens from its first token, api.h), the shared prefix's
+chunks dispatched first; each prefill level is a launch of its own, side by side on a forked stream
+(their partial rows are disjoint). Every launch writes float32 partial states into one buffer, and
+ONE merge launch combines, for each token, its states across levels and KV chunks. The measurements
+behind these choices are in docs/PERFORMANCE.md (shared-prefix section). Position-dependent variants
 (RoPE, ALiBi, sliding windows) are not offered: a level's key positions would start at 0 instead of
 at the level's offset in the concatenated KV.
 """
@@ -46,20 +52,50 @@ from .wrapper_engine import (
 
 
 @dataclass(frozen=True)
-class CascadePlan:
-    """Per-level plans whose partial rows share one buffer, and the merge index across levels."""
+class Launch:
+    """One attention launch of a cascade: the batch of the requests of `levels`, level after level."""
 
-    levels: tuple[Plan, ...]
-    level_qo_lens: tuple[np.ndarray, ...]
-    masks: tuple[str, ...]
+    family: str
+    mask: str
+    levels: tuple[int, ...]
+    plans: tuple[Plan, ...]  # per level, as the scheduler planned it alone
+    work: np.ndarray  # int32 [items, 6]: the plans' items, requests and partial rows in the batch's terms
+    qo_lens: np.ndarray  # int64 [batch]: query tokens per request of the batch
+    first_token: np.ndarray  # int32 [batch + 1]: each request's first query token, then num_tokens
+
+    @property
+    def stacked(self) -> bool:
+        """Whether the kernel needs first_token (as qo_indptr): not for one level of one query each,
+        where request r is token r."""
+        return len(self.levels) > 1 or not one_query_each(self.qo_lens)
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """The launches, whose partial rows share one buffer, and the merge index across levels."""
+
+    launches: tuple[Launch, ...]
+    families: tuple[str, ...]  # per level
     merge_indptr: np.ndarray  # int32 [num_tokens + 1]
-    merge_indices: np.ndarray  # int32, partial rows of all levels
+    merge_indices: np.ndarray  # int32, partial rows of all launches
     num_partial_rows: int
     num_tokens: int
 
 
-def level_family(qo_lens: np.ndarray) -> str:
-    return "decode" if qo_lens.shape[0] and (qo_lens == 1).all() else "prefill"
+def one_query_each(qo_lens: np.ndarray) -> bool:
+    return bool(qo_lens.shape[0]) and bool((qo_lens == 1).all())
+
+
+def level_families(qo_lens: Sequence[np.ndarray], group: int, decode_tile_q: int) -> tuple[str, ...]:
+    """The kernel family of each level (module docstring): decode for one query per request, or for a
+    shared level whose stacked rows (qo_len x group) fit decode_tile_q; prefill otherwise."""
+    last = len(qo_lens) - 1
+    return tuple(
+        "decode"
+        if one_query_each(qo) or (i < last and qo.shape[0] and int(qo.max()) * group <= decode_tile_q)
+        else "prefill"
+        for i, qo in enumerate(qo_lens)
+    )
 
 
 def level_mask(level: int, num_levels: int, family: str) -> str:
@@ -73,59 +109,106 @@ def plan_cascade(
     num_kv_heads: int,
     page_size: int,
     kernels: Sequence[KernelShape],
+    families: Sequence[str],
     kv_bytes: int = 2,
     split_kv: bool = True,
     cost: CostModel | None = None,
+    force_chunk: int = 0,
 ) -> CascadePlan:
-    """levels: (qo_lens, kv_lens) per level; kernels: the KernelShape of each level's kernel; cost:
-    one cost model for every level (default: the decode or prefill model of the level's kernel)."""
+    """levels: (qo_lens, kv_lens) per level; families and kernels: each level's kernel family
+    (level_families) and KernelShape; cost: one cost model for every level (default: the decode or
+    prefill model of its kernel); force_chunk: scheduler.plan's calibration knob, for every level.
+    Launches go in the order of their first level (measured against the reverse at 32 samples, where
+    the prefix is a prefill launch: docs/PERFORMANCE.md)."""
     if not levels:
         raise ValueError("a cascade needs at least one level")
     qo_all = [np.asarray(qo, dtype=np.int64).reshape(-1) for qo, _ in levels]
+    kv_all = [np.asarray(kv, dtype=np.int64).reshape(-1) for _, kv in levels]
     num_tokens = int(qo_all[0].sum())
-    for i, qo in enumerate(qo_all):
+    for i, (qo, family) in enumerate(zip(qo_all, families, strict=True)):
         if int(qo.sum()) != num_tokens:
             raise ValueError(
                 f"level {i} groups {int(qo.sum())} query tokens but level 0 groups {num_tokens}: every level "
                 "must group the same tokens"
             )
-    plans, masks, base = [], [], 0
-    tokens, rows = [], []
-    for i, ((_, kv), qo, kernel) in enumerate(zip(levels, qo_all, kernels, strict=True)):
-        family = level_family(qo)
-        masks.append(level_mask(i, len(levels), family))
+        if family not in ("decode", "prefill"):
+            raise ValueError(f"level {i}: family must be 'decode' or 'prefill', got {family!r}")
+    plans, tokens, rows, base = [], [], [], 0
+    for i, (qo, kv, kernel, family) in enumerate(zip(qo_all, kv_all, kernels, families, strict=True)):
         p = scheduler.plan(
-            None if family == "decode" else qo,
+            None if one_query_each(qo) else qo,
             kv,
             num_qo_heads=num_qo_heads,
             num_kv_heads=num_kv_heads,
             page_size=page_size,
             kernel=kernel,
-            mask=masks[-1],
+            mask=level_mask(i, len(levels), family),
             split_kv=split_kv,
             kv_bytes=kv_bytes,
             all_partial=True,
             cost=cost or (DEFAULT_COST if family == "decode" else PREFILL_COST),
+            force_chunk=force_chunk,
         )
-        work = p.work.copy()
+        work = p.work[: p.num_items].copy()
         work[:, 5] = np.where(work[:, 5] >= 0, work[:, 5] + base, -1)
         plans.append(dataclasses.replace(p, work=work))
         counts = np.diff(p.merge_indptr[: num_tokens + 1].astype(np.int64))
         tokens.append(np.repeat(np.arange(num_tokens), counts))
         rows.append(p.merge_indices.astype(np.int64) + base)
         base += p.num_partial_rows
+    # Each level is planned as if alone (the scheduler's cost model does not know that a CTA of 64 stacked
+    # rows costs more per key than one of a few rows: planned together, it cut a 4k prefix into too few
+    # chunks, see docs/PERFORMANCE.md); the decode levels then share one launch, level after level.
+    decode_levels = tuple(i for i, f in enumerate(families) if f == "decode")
+    groups = [(i,) for i, f in enumerate(families) if f == "prefill"]
+    groups = sorted(groups + ([decode_levels] if decode_levels else []))
+    launches = []
+    for group in groups:
+        qo = np.concatenate([qo_all[i] for i in group])
+        first = np.concatenate([np.cumsum(qo_all[i]) - qo_all[i] for i in group] + [[num_tokens]])
+        offsets = np.cumsum([0] + [qo_all[i].shape[0] for i in group])
+        work = np.concatenate([plans[i].work for i in group])
+        work[:, 0] += np.repeat(offsets[:-1], [plans[i].num_items for i in group]).astype(np.int32)
+        family = families[group[0]]
+        launches.append(
+            Launch(
+                family,
+                level_mask(group[0], len(levels), family),
+                group,
+                tuple(plans[i] for i in group),
+                work,
+                qo,
+                first.astype(np.int32),
+            )
+        )
     token = np.concatenate(tokens)
     order = np.argsort(token, kind="stable")
     indptr = np.concatenate([[0], np.cumsum(np.bincount(token, minlength=num_tokens))])
     return CascadePlan(
-        tuple(plans),
-        tuple(qo_all),
-        tuple(masks),
+        tuple(launches),
+        tuple(families),
         indptr.astype(np.int32),
         np.concatenate(rows)[order].astype(np.int32),
         base,
         num_tokens,
     )
+
+
+def _launch_arrays(launch: Launch, host_levels) -> dict[str, np.ndarray]:
+    """The paged-KV index arrays of a launch's batch: its levels' (qo_indptr, kv_indptr, kv_indices,
+    kv_last_page_len) one after the other, page offsets shifted past the earlier levels' pages."""
+    kv_ptrs, indices, lasts, at = [], [], [], 0
+    for level in launch.levels:
+        _, kv_ptr, kv_indices, last = host_levels[level]
+        kv_ptrs.append(kv_ptr[:-1] + at)
+        at += int(kv_ptr[-1])
+        indices.append(kv_indices[: int(kv_ptr[-1])])
+        lasts.append(last)
+    return {
+        "kv_indptr": np.concatenate([*kv_ptrs, [at]]).astype(np.int32),
+        "kv_indices": np.concatenate(indices).astype(np.int32),
+        "kv_last_page_len": np.concatenate(lasts).astype(np.int32),
+    }
 
 
 def _arena(sizes: dict[str, int]) -> tuple[dict[str, int], int]:
@@ -215,7 +298,7 @@ class CascadeWrapper:
         check_heads(num_qo_heads, num_kv_heads)
         device = self.workspace.device
         device_index = device.index if device.index is not None else torch.cuda.current_device()
-        host_levels, lens, variants, kernels = [], [], [], []
+        host_levels, lens = [], []
         for i, (qo_indptr, kv_indptr, kv_indices, last_page_len) in enumerate(zip(*arrays, strict=True)):
             qo_ptr = host_index(f"qo_indptr_arr[{i}]", qo_indptr)
             kv_ptr = host_index(f"paged_kv_indptr_arr[{i}]", kv_indptr, length=qo_ptr.shape[0])
@@ -223,23 +306,19 @@ class CascadeWrapper:
             last = host_index(f"paged_kv_last_page_len_arr[{i}]", last_page_len, length=qo_ptr.shape[0] - 1)
             check_indptr(f"qo_indptr_arr[{i}]", qo_ptr)
             check_indptr(f"paged_kv_indptr_arr[{i}]", kv_ptr, indices.shape[0])
-            qo_lens = np.diff(qo_ptr)
-            family = level_family(qo_lens)
-            variant = variant_for(
-                family,
-                q_dtype,
-                kv_dtype,
-                head_dim,
-                level_mask(i, self.num_levels, family),
-                "none",
-                logits_soft_cap,
-            )
-            knobs = make_knobs(sm_scale, logits_soft_cap, 1.0, 1e4, k_scale, v_scale, -1, None)
-            check_knobs(variant, knobs, num_qo_heads)
             host_levels.append((qo_ptr, kv_ptr, indices, last))
-            lens.append((qo_lens, scheduler.kv_lengths(kv_ptr, last, page_size)))
-            variants.append(variant)
-            kernels.append(kernel_shape(variant, device_index))
+            lens.append((np.diff(qo_ptr), scheduler.kv_lengths(kv_ptr, last, page_size)))
+
+        def variant(family, mask):
+            return variant_for(family, q_dtype, kv_dtype, head_dim, mask, "none", logits_soft_cap)
+
+        decode_tile_q = kernel_shape(variant("decode", "none"), device_index).cta_tile_q
+        families = level_families([qo for qo, _ in lens], num_qo_heads // num_kv_heads, decode_tile_q)
+        knobs = make_knobs(sm_scale, logits_soft_cap, 1.0, 1e4, k_scale, v_scale, -1, None)
+        variants = [variant(f, level_mask(i, self.num_levels, f)) for i, f in enumerate(families)]
+        for v in set(variants):
+            check_knobs(v, knobs, num_qo_heads)
+        kernels = [kernel_shape(v, device_index) for v in variants]
         try:
             cp = plan_cascade(
                 lens,
@@ -247,21 +326,20 @@ class CascadeWrapper:
                 num_kv_heads=num_kv_heads,
                 page_size=page_size,
                 kernels=kernels,
+                families=families,
                 kv_bytes=KV_BYTES[variants[0].kv_dtype],
                 split_kv=split_kv,
             )
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
 
+        # Each launch's batch: its levels' requests one after the other (pages of later levels offset).
+        batches = [_launch_arrays(launch, host_levels) for launch in cp.launches]
         sizes = {}
-        for i, (p, (qo_ptr, kv_ptr, indices, last)) in enumerate(zip(cp.levels, host_levels, strict=True)):
-            sizes |= {
-                f"work{i}": p.work.nbytes,
-                f"qo_indptr{i}": qo_ptr.nbytes,
-                f"kv_indptr{i}": kv_ptr.nbytes,
-                f"kv_last_page_len{i}": last.nbytes,
-                f"kv_indices{i}": indices.nbytes,
-            }
+        for i, (launch, batch) in enumerate(zip(cp.launches, batches, strict=True)):
+            sizes[f"work{i}"] = launch.work.nbytes
+            sizes[f"qo_indptr{i}"] = launch.first_token.nbytes
+            sizes |= {f"{name}{i}": a.nbytes for name, a in batch.items()}
         sizes |= {"merge_indptr": cp.merge_indptr.nbytes, "merge_indices": cp.merge_indices.nbytes}
         offsets, metadata_bytes = _arena(sizes)
         partial = cp.num_partial_rows * num_qo_heads
@@ -273,16 +351,9 @@ class CascadeWrapper:
             )
         host = self.staging.reserve(metadata_bytes)
         contents = {"merge_indptr": cp.merge_indptr, "merge_indices": cp.merge_indices}
-        for i, (p, level) in enumerate(zip(cp.levels, host_levels, strict=True)):
-            contents |= {
-                f"work{i}": p.work.reshape(-1),
-                **{
-                    f"{n}{i}": a
-                    for n, a in zip(
-                        ("qo_indptr", "kv_indptr", "kv_indices", "kv_last_page_len"), level, strict=True
-                    )
-                },
-            }
+        for i, (launch, batch) in enumerate(zip(cp.launches, batches, strict=True)):
+            contents |= {f"work{i}": launch.work.reshape(-1), f"qo_indptr{i}": launch.first_token}
+            contents |= {f"{name}{i}": a for name, a in batch.items()}
         for name, values in contents.items():
             host[offsets[name] // 4 : offsets[name] // 4 + values.shape[0]] = values
         self.staging.upload(self.workspace, metadata_bytes)
@@ -290,19 +361,20 @@ class CascadeWrapper:
         def view(name, count, dtype=torch.int32):
             return _view(self.workspace, offsets[name], count, dtype)
 
-        self.levels = []
-        for i, (p, variant) in enumerate(zip(cp.levels, variants, strict=True)):
-            b = host_levels[i][1].shape[0]
-            self.levels.append(
+        self.launches = []
+        for i, (launch, batch) in enumerate(zip(cp.launches, batches, strict=True)):
+            b = launch.qo_lens.shape[0]
+            self.launches.append(
                 (
-                    variant,
-                    p.num_items,
+                    variant(launch.family, launch.mask),
+                    launch.work.shape[0],
                     {
-                        "work": view(f"work{i}", p.work.size).view(-1, 6),
-                        "qo_indptr": view(f"qo_indptr{i}", b) if variant.family == "prefill" else None,
-                        "kv_indptr": view(f"kv_indptr{i}", b),
-                        "kv_indices": view(f"kv_indices{i}", host_levels[i][2].shape[0]),
-                        "kv_last_page_len": view(f"kv_last_page_len{i}", b - 1),
+                        "work": view(f"work{i}", launch.work.size).view(-1, 6),
+                        # The decode kernel takes first tokens for stacked queries only (api.h).
+                        "qo_indptr": view(f"qo_indptr{i}", b + 1) if launch.stacked else None,
+                        "kv_indptr": view(f"kv_indptr{i}", b + 1),
+                        "kv_indices": view(f"kv_indices{i}", batch["kv_indices"].shape[0]),
+                        "kv_last_page_len": view(f"kv_last_page_len{i}", b),
                     },
                 )
             )
@@ -356,7 +428,7 @@ class CascadeWrapper:
         streams, events = self.side_streams, self.events
 
         def launch():
-            # The levels write disjoint partial rows, so they run side by side: the first on the
+            # The launches write disjoint partial rows, so they run side by side: the first on the
             # current stream, the others on side streams forked from it and joined before the merge.
             main = torch.cuda.current_stream(q.device)
             if len(levels) > 1:
@@ -376,7 +448,7 @@ class CascadeWrapper:
 
     def _prepare(self, q, k, v, out, lse):
         launches = []
-        for variant, num_items, views in self.levels:
+        for variant, num_items, views in self.launches:
             if not num_items:
                 continue
             launches.append(
@@ -389,8 +461,15 @@ class CascadeWrapper:
                     kv_layout=self.kv_layout,
                     partial_o=self.partial_o,
                     partial_lse=self.partial_lse,
+                    # Every index array (the page lists too) is in the workspace, uploaded by plan()
+                    # before any launch of the plan: the kernels may read it early (api.h flags).
+                    index_ready=True,
+                    pages_ready=True,
                     **views,
                     **self.knobs,
                 )
             )
-        return (*launches, ops.prepare_merge(self.partial_o, self.partial_lse, *self.merge_views, out, lse))
+        merge = ops.prepare_merge(
+            self.partial_o, self.partial_lse, *self.merge_views, out, lse, index_ready=True
+        )
+        return (*launches, merge)

@@ -127,20 +127,34 @@ def execute(
     NaN, so a row the plan never writes shows."""
     o, lse = _poisoned(q, q.shape[0], dtype)
     partial_o, partial_lse = _poisoned(q, max(p.num_partial_rows, 1), dtype)
-    run_items(p, q, keys, values, qo_lens, o, lse, partial_o, partial_lse, **variant)
+    run_items(p.work[: p.num_items], q, keys, values, qo_lens, o, lse, partial_o, partial_lse, **variant)
     merge_states(partial_o, partial_lse, p.merge_indptr, p.merge_indices, o, lse)
     return o, lse
 
 
 def execute_cascade(cp, q, level_keys, level_values, *, dtype: torch.dtype = torch.float64, **variant):
-    """A kernels/cascade.py plan: every level's items into one partial buffer, then one merge across
-    levels. level_keys[l][r], level_values[l][r]: [kv_len, Hkv, D] of level l's request r."""
+    """A kernels/cascade.py plan: every launch's items into one partial buffer, then one merge across
+    levels. level_keys[l][r], level_values[l][r]: [kv_len, Hkv, D] of level l's request r; a launch's
+    request i is the i-th of its levels' requests, reading its queries from its first token."""
     o, lse = _poisoned(q, q.shape[0], dtype)
     partial_o, partial_lse = _poisoned(q, max(cp.num_partial_rows, 1), dtype)
-    for p, qo_lens, mask, keys, values in zip(
-        cp.levels, cp.level_qo_lens, cp.masks, level_keys, level_values, strict=True
-    ):
-        run_items(p, q, keys, values, qo_lens, o, lse, partial_o, partial_lse, mask=mask, **variant)
+    for launch in cp.launches:
+        keys = [k for level in launch.levels for k in level_keys[level]]
+        values = [v for level in launch.levels for v in level_values[level]]
+        run_items(
+            launch.work,
+            q,
+            keys,
+            values,
+            launch.qo_lens,
+            o,
+            lse,
+            partial_o,
+            partial_lse,
+            first_token=launch.first_token,
+            mask=launch.mask,
+            **variant,
+        )
     merge_states(partial_o, partial_lse, cp.merge_indptr, cp.merge_indices, o, lse)
     return o, lse
 
@@ -153,7 +167,7 @@ def _poisoned(q, rows, dtype):
 
 
 def run_items(
-    p: Plan,
+    work: np.ndarray,
     q,
     keys,
     values,
@@ -164,19 +178,22 @@ def run_items(
     partial_lse,
     *,
     custom_masks: list[torch.Tensor] | None = None,
+    first_token=None,
     **variant,
 ) -> None:
-    """The attention kernel's part: every real work item for every KV head, written to o/lse or to
-    the partial states, exactly where the kernels write (api.h fib_work_item)."""
+    """The attention kernel's part: every work item (the real ones, int [n, 6]) for every KV head,
+    written to o/lse or to the partial states, exactly where the kernels write (api.h fib_work_item).
+    first_token: each request's first query token (the decode kernel's stacked queries, api.h), else
+    qo_lens' prefix sums."""
     num_kv_heads = keys[0].shape[1] if keys else 1
     group = q.shape[1] // num_kv_heads
     qo = np.ones(len(keys), np.int64) if qo_lens is None else np.asarray(qo_lens, np.int64)
-    token_start = np.concatenate([[0], np.cumsum(qo)])
+    token_start = np.concatenate([[0], np.cumsum(qo)]) if first_token is None else np.asarray(first_token)
     logits = {}
-    for req, qb, qe, kb, ke, prow in p.work[: p.num_items].tolist():
+    for req, qb, qe, kb, ke, prow in work.tolist():
         if req not in logits:
             custom_mask = custom_masks[req] if custom_masks is not None else None
-            q_r = q[token_start[req] : token_start[req + 1]]
+            q_r = q[token_start[req] : token_start[req] + qo[req]]
             logits[req] = _logits(q_r, keys[req], custom_mask=custom_mask, dtype=o.dtype, **variant)
         s_all, v = logits[req], values[req].to(o.dtype)
         packed = torch.arange(qb, qe)

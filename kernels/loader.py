@@ -104,6 +104,12 @@ class KernelPack:
         except OSError as e:
             raise PackError(f"cannot open {lib_path}: {e}") from None
 
+    def planner(self, name: str):
+        """The host planner entry point the manifest names under "planner" (e.g. "decode":
+        kernels/native_plan.py declares its signature), or None for a pack built without it."""
+        symbol = self.manifest.get("planner", {}).get(name)
+        return None if symbol is None else getattr(self.library, symbol)
+
     def get(self, variant_id: str) -> CompiledVariant:
         entry = self.variants.get(variant_id)
         if entry is None:

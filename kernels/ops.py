@@ -149,11 +149,18 @@ def prepare_attention(
     custom_mask=None,
     mask_indptr=None,
     check_indices: bool = False,
+    index_ready: bool = False,
+    pages_ready: bool = False,
 ) -> PreparedAttention:
     """Checks every argument against `variant` and builds its params struct; see docs of api.h.
 
     q/o [total_q, Hq, D]; k/v paged [pages, page_size, Hkv, D] (NHD) or [pages, Hkv, page_size, D]
-    (HND) with kv_indices, or ragged [total_kv, Hkv, D] without; work int32 [num_work, 6]."""
+    (HND) with kv_indices, or ragged [total_kv, Hkv, D] without; work int32 [num_work, 6]. qo_indptr:
+    prefill's [batch + 1] token offsets; for decode None (one query per request) or, with a variant
+    without mask or positions, each request's first query token (stacked queries, api.h).
+    index_ready (work, kv_indptr, kv_last_page_len) and pages_ready (kv_indices) promise that those
+    arrays are written before the kernel preceding each launch in the stream starts (by plan, say):
+    on sm_90 the kernel then reads them while that kernel still runs (api.h, FIB_INDEX_READY)."""
     if not isinstance(variant, Variant) or variant.family not in ("decode", "prefill"):
         raise InvalidArgument(f"variant must be a decode or prefill Variant, got {variant!r}")
     if kv_layout not in KV_LAYOUTS:
@@ -208,15 +215,20 @@ def prepare_attention(
         raise InvalidArgument(
             "kv_last_page_len is only for a paged KV cache: pass kv_indices too, or leave it None"
         )
-    if variant.family == "decode":
-        if qo_indptr is not None:
-            raise InvalidArgument(
-                "decode takes one query per request: qo_indptr must be None (use a prefill variant)"
-            )
+    if variant.family == "decode" and qo_indptr is None:
         if total_q != batch_size:
             raise InvalidArgument(
                 f"decode: q has {total_q} rows but kv_indptr describes {batch_size} requests"
             )
+    elif variant.family == "decode":
+        # Stacked queries (api.h): every token sits at the end of the KV, which only variants without
+        # a mask or positions leave right for several tokens of one request.
+        if variant.mask != "none" or variant.pos != "none":
+            raise InvalidArgument(
+                f"{variant.id}: several query tokens per request (qo_indptr) need a decode variant without "
+                "mask or positions; use a prefill variant"
+            )
+        check_index("qo_indptr", qo_indptr, device=device, length=batch_size + 1)
     else:
         if qo_indptr is None:
             raise InvalidArgument("prefill needs qo_indptr (int32, batch_size + 1 entries)")
@@ -311,6 +323,7 @@ def prepare_attention(
             work,
             partial_o,
             num_qo_heads // num_kv_heads,
+            first_tokens=variant.family == "decode" and qo_indptr is not None,
         )
 
     kernel = _kernel(variant, device)
@@ -330,6 +343,7 @@ def prepare_attention(
     p.k_scale, p.v_scale = k_scale, v_scale
     p.window_left = window_left
     p.alibi_slopes, p.custom_mask, p.mask_indptr = _ptr(alibi_slopes), _ptr(custom_mask), _ptr(mask_indptr)
+    p.flags = (abi.INDEX_READY if index_ready else 0) | (abi.PAGES_READY if pages_ready else 0)
     keep = (
         kv_indptr,
         kv_indices,
@@ -346,9 +360,21 @@ def prepare_attention(
 
 
 def _check_index_values(
-    k, paged, page_size, kv_indptr, kv_indices, kv_last_page_len, qo_indptr, total_q, work, partial_o, group
+    k,
+    paged,
+    page_size,
+    kv_indptr,
+    kv_indices,
+    kv_last_page_len,
+    qo_indptr,
+    total_q,
+    work,
+    partial_o,
+    group,
+    first_tokens=False,
 ) -> None:
-    """Host-side checks of index values (synchronizes): monotone indptrs, page ids, work items in range."""
+    """Host-side checks of index values (synchronizes): monotone indptrs, page ids, work items in range.
+    first_tokens: qo_indptr holds decode's first query token per request (api.h), not an indptr."""
     if paged:
         pages = check_indptr_values("kv_indptr", kv_indptr, total=kv_indices.shape[0])
         check_page_ids("kv_indices", kv_indices, k.shape[0], pages[-1])
@@ -359,7 +385,13 @@ def _check_index_values(
     else:
         rows = check_indptr_values("kv_indptr", kv_indptr, total=k.shape[0])
         kv_lens = [b - a for a, b in zip(rows[:-1], rows[1:], strict=True)]
-    if qo_indptr is not None:
+    if first_tokens:
+        # A request's queries run from its first token for as many tokens as its items' rows reach.
+        starts = qo_indptr.tolist()
+        q_lens = [max(total_q - t, 0) for t in starts]
+        if any(t < 0 for t in starts):
+            raise InvalidArgument(f"qo_indptr (first query tokens) must be >= 0, got {min(starts)}")
+    elif qo_indptr is not None:
         qo = check_indptr_values("qo_indptr", qo_indptr, total=total_q)
         q_lens = [b - a for a, b in zip(qo[:-1], qo[1:], strict=True)]
     else:
@@ -407,11 +439,14 @@ def _merge_variant(o: torch.Tensor) -> Variant:
     return Variant(family="merge", arch="sm90a", q_dtype=q_dtype)
 
 
-def prepare_merge(partial_o, partial_lse, merge_indptr, merge_indices, o, lse=None) -> PreparedMerge:
+def prepare_merge(
+    partial_o, partial_lse, merge_indptr, merge_indices, o, lse=None, *, index_ready: bool = False
+) -> PreparedMerge:
     """Out row n = the log-sum-exp weighted combination of partial rows merge_indices[merge_indptr[n]:
     merge_indptr[n + 1]]. partial_o float32 [rows, H, D], partial_lse float32 [rows, H] (natural log),
     o [num_rows, H, D] fp16/bf16, lse float32 [num_rows, H] or None. Rows with no state are left as
-    they are."""
+    they are. index_ready: merge_indptr and merge_indices are written before the kernel preceding
+    each launch starts (see prepare_attention)."""
     check_tensor(
         "partial_o",
         partial_o,
@@ -451,6 +486,7 @@ def prepare_merge(partial_o, partial_lse, merge_indptr, merge_indices, o, lse=No
     p.merge_indptr, p.merge_indices = merge_indptr.data_ptr(), merge_indices.data_ptr()
     p.o, p.o_stride_n, p.o_stride_h, p.lse = o.data_ptr(), o.stride(0), o.stride(1), _ptr(lse)
     p.num_rows, p.num_heads, p.head_dim = num_rows, heads, d
+    p.flags = abi.INDEX_READY if index_ready else 0
     return PreparedMerge(kernel, p, device, o, lse, (partial_o, partial_lse, merge_indptr, merge_indices))
 
 

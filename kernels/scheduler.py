@@ -225,10 +225,7 @@ def plan(
     num_items = span.shape[0] if items is None else items.shape[0]
     grid = num_items
     if capacity is not None and grid > capacity.work_items:
-        raise ValueError(
-            f"the batch needs {grid} work items but the workspace holds {capacity.work_items}: "
-            "raise the bounds the workspace was sized for (workspace_size)"
-        )
+        raise items_over_capacity(grid, capacity.work_items)
     if fixed_grid:
         grid = capacity.work_items
         merge_indptr = np.concatenate([merge_indptr, np.full(capacity.tokens - num_tokens, merge_indptr[-1])])
@@ -585,9 +582,32 @@ def _check_problem(qo, kv, num_qo_heads, num_kv_heads, page_size, mask, window_l
 
 def _check_within(cap: Capacity, batch: int, num_tokens: int) -> None:
     if batch > cap.batch:
-        raise ValueError(f"batch size {batch} exceeds the wrapper's max batch size {cap.batch}")
+        raise batch_over_capacity(batch, cap.batch)
     if num_tokens > cap.tokens:
-        raise ValueError(f"{num_tokens} query tokens exceed the wrapper's max number of tokens {cap.tokens}")
+        raise tokens_over_capacity(num_tokens, cap.tokens)
+
+
+# The errors of a plan that does not fit its capacity (kernels/native_plan.py raises them too).
+def batch_over_capacity(batch: int, limit: int) -> ValueError:
+    return ValueError(f"batch size {batch} exceeds the wrapper's max batch size {limit}")
+
+
+def tokens_over_capacity(num_tokens: int, limit: int) -> ValueError:
+    return ValueError(f"{num_tokens} query tokens exceed the wrapper's max number of tokens {limit}")
+
+
+def items_over_capacity(items: int, limit: int) -> ValueError:
+    return ValueError(
+        f"the batch needs {items} work items but the workspace holds {limit}: "
+        "raise the bounds the workspace was sized for (workspace_size)"
+    )
+
+
+def slot_overflow(name: str, entries: int, limit: int) -> ValueError:
+    return ValueError(
+        f"{name} needs {entries} entries but the workspace holds {limit}: "
+        "size the workspace with workspace_size() for these bounds"
+    )
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -688,10 +708,7 @@ def pack_metadata(plan_: Plan, lay: WorkspaceLayout, host: np.ndarray, indptrs: 
     for name, values in (*plan_arrays, *indptrs.items()):
         start, limit = slots[name]
         if values.shape[0] > limit:
-            raise ValueError(
-                f"{name} needs {values.shape[0]} entries but the workspace holds {limit}: "
-                "size the workspace with workspace_size() for these bounds"
-            )
+            raise slot_overflow(name, values.shape[0], limit)
         host[start : start + values.shape[0]] = values
         end = max(end, start + values.shape[0])
     return end * 4

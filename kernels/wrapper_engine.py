@@ -10,13 +10,14 @@ validates every argument there), then reused by every later run with the same te
 
 from __future__ import annotations
 
+import ctypes
 import functools
 
 import numpy as np
 import torch
 
 from ..variants import Variant
-from . import abi, ops, scheduler
+from . import abi, loader, native_plan, ops, scheduler
 from .checks import InvalidArgument, check_scalar
 
 DTYPE_NAMES = {
@@ -166,27 +167,59 @@ def check_indptr(
     """Starts at 0, never decreases (diff: indptr[1:] - indptr[:-1] when the caller has it), ends within
     the `total` entries it indexes."""
     if indptr.shape[0] < 1 or indptr[0] != 0:
-        raise InvalidArgument(f"{name} must start at 0 and hold batch_size + 1 entries")
+        raise _indptr_start(name)
     if diff is None:
         diff = indptr[1:] - indptr[:-1]
     if indptr.shape[0] > 1 and (diff < 0).any():
-        raise InvalidArgument(f"{name} must be non-decreasing")
+        raise _indptr_decreases(name)
     if total is not None and indptr[-1] > total:
-        raise InvalidArgument(f"{name}[-1] = {indptr[-1]} exceeds the {total} entries it indexes")
+        raise _indptr_exceeds(name, indptr[-1], total)
+
+
+# The index arrays' errors, raised by the checks here and for the C planner's error codes (native_error).
+def _indptr_start(name: str) -> InvalidArgument:
+    return InvalidArgument(f"{name} must start at 0 and hold batch_size + 1 entries")
+
+
+def _indptr_decreases(name: str) -> InvalidArgument:
+    return InvalidArgument(f"{name} must be non-decreasing")
+
+
+def _indptr_exceeds(name: str, end: int, total: int) -> InvalidArgument:
+    return InvalidArgument(f"{name}[-1] = {end} exceeds the {total} entries it indexes")
+
+
+def _last_page_len_invalid(page_size: int) -> InvalidArgument:
+    return InvalidArgument(f"kv_last_page_len must lie in [1, page_size = {page_size}]")
+
+
+def native_error(result: abi.PlanResult) -> Exception:
+    """The exception the Python path (paged_lengths, scheduler.plan, scheduler.pack_metadata) raises for
+    the input the C planner refused with result.error."""
+    code, (a, b) = result.error, tuple(result.values)[:2]
+    if code == abi.PLAN_INDPTR_START:
+        return _indptr_start("kv_indptr")
+    if code == abi.PLAN_INDPTR_DECREASES:
+        return _indptr_decreases("kv_indptr")
+    if code == abi.PLAN_INDPTR_EXCEEDS:
+        return _indptr_exceeds("kv_indptr", a, b)
+    if code == abi.PLAN_LAST_PAGE_LEN:
+        return _last_page_len_invalid(a)
+    return native_plan.error(result)
 
 
 def paged_lengths(kv_ptr: np.ndarray, last: np.ndarray, page_size: int, num_indices: int) -> np.ndarray:
     """Tokens per request (int64) of a paged cache, checking kv_indptr (as check_indptr does) and
     kv_last_page_len (in [1, page_size] where a request has pages) in one pass of few numpy calls."""
     if kv_ptr.shape[0] < 1 or kv_ptr[0] != 0:
-        raise InvalidArgument("kv_indptr must start at 0 and hold batch_size + 1 entries")
+        raise _indptr_start("kv_indptr")
     pages = kv_ptr[1:] - kv_ptr[:-1]
     if not pages.shape[0]:
         return np.zeros(0, np.int64)
     if pages.min() < 0:
-        raise InvalidArgument("kv_indptr must be non-decreasing")
+        raise _indptr_decreases("kv_indptr")
     if kv_ptr[-1] > num_indices:
-        raise InvalidArgument(f"kv_indptr[-1] = {kv_ptr[-1]} exceeds the {num_indices} entries it indexes")
+        raise _indptr_exceeds("kv_indptr", kv_ptr[-1], num_indices)
     lengths = np.multiply(pages, page_size, dtype=np.int64)  # one call: widen and scale
     lengths += last
     lengths -= page_size  # (pages - 1) * page_size + last
@@ -194,7 +227,7 @@ def paged_lengths(kv_ptr: np.ndarray, last: np.ndarray, page_size: int, num_indi
         return np.maximum(lengths, 0, out=lengths)
     has_pages = pages > 0
     if ((last - 1).view(np.uint32) >= page_size)[has_pages].any():
-        raise InvalidArgument(f"kv_last_page_len must lie in [1, page_size = {page_size}]")
+        raise _last_page_len_invalid(page_size)
     return np.where(has_pages, lengths, 0)
 
 
@@ -225,25 +258,50 @@ class Staging:
     """The pinned host buffer plans are written into, and the event of its last upload: the buffer is
     reused, so a new plan first waits for the previous upload (long finished in practice)."""
 
+    pinned = True
+
     def __init__(self) -> None:
-        self.host = torch.empty(0, dtype=torch.int32)
+        self._allocate(0)
+        self.uploaded: torch.cuda.Event | None = None
+
+    def _allocate(self, entries: int) -> None:
+        self.host = torch.empty(entries, dtype=torch.int32, pin_memory=self.pinned and entries > 0)
         self.array = self.host.numpy()
         self.bytes = self.host.view(torch.uint8)
-        self.uploaded: torch.cuda.Event | None = None
+        self.ptr = self.host.data_ptr()  # for the C planner
+        # (workspace, staging) slices of each upload size: slicing a tensor costs ~1 us per call, and a
+        # workspace layout always uploads the same size
+        self.slices: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def reserve(self, nbytes: int) -> np.ndarray:
         if self.uploaded is not None and not self.uploaded.query():
             self.uploaded.synchronize()
+        return self.grow(nbytes)
+
+    def grow(self, nbytes: int) -> np.ndarray:
+        """A buffer of at least nbytes (the caller has waited for the last upload, or leaves that wait
+        to the C planner: then a buffer that must grow is first waited for here)."""
         if self.host.numel() * 4 < nbytes:
-            self.host = torch.empty(
-                max(nbytes // 4, 2 * self.host.numel()), dtype=torch.int32, pin_memory=True
-            )
-            self.array = self.host.numpy()
-            self.bytes = self.host.view(torch.uint8)
+            if self.uploaded is not None:
+                self.uploaded.synchronize()
+            self._allocate(max(nbytes // 4, 2 * self.host.numel()))
         return self.array
 
+    def event(self) -> int:
+        """The raw handle of the upload event, for the C planner's upload (recorded once, so that it exists
+        and the first wait returns at once)."""
+        if self.uploaded is None:
+            self.uploaded = torch.cuda.Event()
+            self.uploaded.record()
+        return self.uploaded.cuda_event
+
     def upload(self, workspace: torch.Tensor, nbytes: int) -> None:
-        workspace[:nbytes].copy_(self.bytes[:nbytes], non_blocking=True)
+        pair = self.slices.get(nbytes)
+        if pair is None:
+            if len(self.slices) >= 64:
+                self.slices.clear()
+            pair = self.slices[nbytes] = (workspace[:nbytes], self.bytes[:nbytes])
+        pair[0].copy_(pair[1], non_blocking=True)
         if self.uploaded is None:
             self.uploaded = torch.cuda.Event()
         self.uploaded.record()
@@ -287,11 +345,13 @@ class Engine:
         self.max_pages = max_num_pages or 0
         self.staging = Staging()
         self.fixed: tuple | None = None  # graph mode: (problem key, layout) of the first plan
-        self.plan_: scheduler.Plan | None = None
+        self.native: tuple | None = None  # (problem key, _NativeDecode or None) of the last decode plan
+        self.plan_: scheduler.Plan | native_plan.NativePlan | None = None
         self.prepared: dict = {}
         self.views: dict | None = None
         self.device_index = workspace.device.index if workspace.device.index is not None else 0
         self.device_type, self.workspace_bytes = workspace.device.type, workspace.numel()
+        self.workspace_ptr = workspace.data_ptr()
 
     def plan(
         self,
@@ -309,6 +369,12 @@ class Engine:
         custom_mask=None,
     ):
         decode = self.family == "decode"
+        if knobs["alibi_slopes"] is None and custom_mask is None and (self.paged or not decode):
+            native = self._native(variant, num_qo_heads, num_kv_heads, page_size, split_kv, knobs)
+            if native is not None and self._plan_native(
+                native, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, knobs
+            ):
+                return
         kv_ptr = host_index("kv_indptr", kv_indptr)
         batch = kv_ptr.shape[0] - 1
         indices_on_device = (
@@ -351,12 +417,7 @@ class Engine:
                 num_qo_heads,
                 variant.head_dim,
             )
-            if self.workspace_bytes < lay.total_bytes:
-                pages = f" with max_num_pages >= {host_pages} (kv_indices given on the host are copied in)"
-                raise InvalidArgument(
-                    f"workspace holds {self.workspace_bytes} bytes but this batch needs {lay.total_bytes}: "
-                    f"allocate workspace_size(...{pages if host_pages else ''}) bytes for your largest batch"
-                )
+            self._check_workspace_fits(lay, host_pages)
         p = scheduler.plan(
             None if decode else np.diff(qo_ptr),
             kv_lens,
@@ -387,6 +448,7 @@ class Engine:
             self._indices_from_device(kv_indices, lay, num_indices)
 
         self.plan_, self.variant, self.layout, self.rows = p, variant, lay, rows
+        self.counts = (p.work.shape[0], p.merge_indptr.shape[0], p.merge_indices.shape[0])
         self.split = self.graph or p.split
         self.user_indices = kv_indices if indices_on_device and not self.graph else None
         self.knobs = self._device_knobs(knobs, custom_mask, qo_ptr, kv_lens)
@@ -394,6 +456,150 @@ class Engine:
         self.bounds = (num_tokens, 0 if self.paged else int(kv_ptr[-1]), host_indices, int(kv_ptr[-1]))
         if not self.graph:
             self.prepared, self.views = {}, None
+
+    @property
+    def plan_info(self) -> scheduler.Plan | None:
+        if isinstance(self.plan_, native_plan.NativePlan):
+            self.plan_ = self.plan_.to_plan()  # before the next plan rewrites the staging buffer
+        return self.plan_
+
+    def _native(self, variant, num_qo_heads, num_kv_heads, page_size, split_kv, knobs):
+        """The C planner set up for this problem (None where it does not apply: the Python path plans).
+        Cached for the wrapper's last problem: a serving loop plans the same one for every step."""
+        key = (variant, num_qo_heads, num_kv_heads, page_size, split_kv, *_knob_values(knobs))
+        if self.native is not None and self.native[0] == key:
+            return self.native[1]
+        try:
+            check_knobs(variant, knobs, num_qo_heads)
+            kernel = kernel_shape(variant, self.device_index)
+            planner = native_planner(variant, self.device_index)
+        except (ValueError, RuntimeError):  # bad knobs, no kernel: the Python path raises it in its order
+            return None
+        decode = self.family == "decode"
+        cost = scheduler.DEFAULT_COST if decode else scheduler.PREFILL_COST
+        native = None
+        if planner is not None and native_plan.eligible(
+            variant, kernel, num_qo_heads, num_kv_heads, page_size, cost, decode=decode
+        ):
+            if self.device_type != "cuda":  # host seams (benchmarks, CPU tests): plan in C, upload via torch
+                planner = planner._replace(upload=None, prefill_upload=None)
+            problem = dict(
+                num_qo_heads=num_qo_heads,
+                num_kv_heads=num_kv_heads,
+                page_size=page_size,
+                window_left=knobs["window_left"],
+                split_kv=split_kv,
+                kv_bytes=KV_BYTES[variant.kv_dtype],
+                cost=cost,
+                mask=variant.mask,
+            )
+            native = _Native(planner, kernel, variant, decode, problem)
+        self.native = (key, native)
+        return native
+
+    def _plan_native(self, native, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, knobs) -> bool:
+        """Engine.plan through the C planner: False (nothing done) for inputs it does not take as they
+        are (lists, int64, CUDA index arrays...) and for errors, which the Python path converts, checks
+        and raises as it always did."""
+        kv = _int32_host(kv_indptr)
+        last = _int32_host(kv_last_page_len) if self.paged else (None, None)
+        qo = None if native.decode else _int32_host(qo_indptr)
+        if kv is None or last is None or (qo is None and not native.decode):
+            return False
+        batch = kv[1] - 1
+        if (self.paged and last[1] != batch) or (qo is not None and qo[1] != batch + 1) or batch < 0:
+            return False
+        on_device = isinstance(kv_indices, torch.Tensor) and kv_indices.device.type == self.device_type
+        indices, num_indices = None, 0
+        if on_device:
+            num_indices = kv_indices.shape[0]
+        elif self.paged:
+            host = _int32_host(kv_indices)
+            if host is None:
+                return False
+            indices, num_indices = host
+        if self.graph and num_indices > self.max_pages:
+            return False  # an error: the Python path raises it after checking the index arrays, as always
+        num_tokens = batch if qo is None else ctypes.c_int32.from_address(qo[0] + 4 * batch).value
+        key = None if self.graph else (batch, num_tokens, 0 if indices is None else num_indices)
+        entry = native.entries.get(key)
+        if entry is None:
+            lay = self._native_layout(native, key)
+            if lay is None:
+                return False
+            entry = native.add(key, lay, self.graph)
+        lay, cfg_ref, cfg = entry
+        result = abi.PlanResult()
+        ref, staging = ctypes.byref(result), self.staging
+        args = (cfg_ref, kv[0], last[0], indices, batch, num_indices)
+        if qo is not None:
+            args = (cfg_ref, qo[0], *args[1:])
+        upload = native.planner.upload if native.decode else native.planner.prefill_upload
+        if upload is not None:  # the wait for the last upload, the plan and its upload in one call
+            staging.grow(lay.metadata_bytes)
+            # the raw handle of torch's current stream: torch.cuda.current_stream() builds a Stream object
+            stream = torch._C._cuda_getCurrentRawStream(self.device_index)
+            err = upload(*args, staging.ptr, ref, self.workspace_ptr, stream, staging.event())
+        else:
+            staging.reserve(lay.metadata_bytes)
+            err = (native.planner.plan if native.decode else native.planner.prefill)(*args, staging.ptr, ref)
+            if not err:
+                staging.upload(self.workspace, result.upload_bytes)
+        if err:
+            if err == abi.PLAN_CUDA or native.decode:
+                raise native_error(result)
+            return False  # prefill: the Python path raises the error, in its order
+        if on_device:
+            self._indices_from_device(kv_indices, lay, num_indices)
+
+        self.plan_ = native_plan.NativePlan(result, self.staging.array, cfg)
+        self.variant, self.layout = native.variant, lay
+        self.rows = lay.capacity.batch + 1 if self.graph else batch + 1
+        self.counts = (result.grid, result.merge_indptr_len, result.num_merge_entries)
+        self.split = self.graph or result.chunk_size > 0
+        self.user_indices = kv_indices if on_device and not self.graph else None
+        self.knobs = knobs
+        kv_used = result.kv_used
+        self.bounds = (num_tokens, 0 if self.paged else kv_used, None if on_device else kv_indices, kv_used)
+        if not self.graph:
+            self.prepared, self.views = {}, None
+        return True
+
+    def _native_layout(self, native, key):
+        """The layout the Python path would size for this batch (graph mode: the fixed one), or None where
+        the workspace does not fit it (the Python path raises that after checking the index arrays)."""
+        if key is None:
+            try:
+                return self._fixed_layout(
+                    native.variant,
+                    native.problem["num_qo_heads"],
+                    native.problem["num_kv_heads"],
+                    native.kernel,
+                )
+            except InvalidArgument:
+                return None
+        batch, num_tokens, host_pages = key
+        k, hq = native.kernel, native.problem["num_qo_heads"]
+        lay = _layout(
+            max(batch, 1),
+            max(num_tokens, 1),
+            hq // native.problem["num_kv_heads"],
+            k.cta_tile_q,
+            k.num_sms,
+            native.decode,
+            host_pages,
+            hq,
+            native.variant.head_dim,
+        )
+        return lay if self.workspace_bytes >= lay.total_bytes else None
+
+    def _check_workspace_fits(self, lay, host_pages):
+        if self.workspace_bytes < lay.total_bytes:
+            pages = f" with max_num_pages >= {host_pages} (kv_indices given on the host are copied in)"
+            raise InvalidArgument(
+                f"workspace holds {self.workspace_bytes} bytes but this batch needs {lay.total_bytes}: "
+                f"allocate workspace_size(...{pages if host_pages else ''}) bytes for your largest batch"
+            )
 
     def _fixed_layout(self, variant, num_qo_heads, num_kv_heads, kernel):
         key = (variant, num_qo_heads, num_kv_heads)
@@ -532,6 +738,10 @@ class Engine:
             partial_o=views.get("partial_o"),
             partial_lse=views.get("partial_lse"),
             lse=lse,
+            # Everything but a user's device kv_indices lives in the workspace, uploaded by plan()
+            # before any launch of the plan: the kernels may read it early (ops.prepare_attention).
+            index_ready=True,
+            pages_ready=self.user_indices is None,
             **kn,
         )
         merge = None
@@ -543,6 +753,7 @@ class Engine:
                 views["merge_indices"],
                 out,
                 lse,
+                index_ready=True,
             )
         return attention, merge
 
@@ -568,13 +779,12 @@ class Engine:
             return ws[offset : offset + count * 4].view(dtype)  # int32 and float32 alike
 
         cap = lay.capacity
+        grid, merge_rows, merge_entries = self.counts
         views = {
-            "work": view(lay.work, p.work.size).view(-1, abi.WORK_ITEM_FIELDS),
+            "work": view(lay.work, grid * abi.WORK_ITEM_FIELDS).view(-1, abi.WORK_ITEM_FIELDS),
             "kv_indptr": view(lay.kv_indptr, rows),
-            "merge_indptr": view(lay.merge_indptr, p.merge_indptr.shape[0]),
-            "merge_indices": view(
-                lay.merge_indices, cap.partial_rows if self.graph else p.merge_indices.shape[0]
-            ),
+            "merge_indptr": view(lay.merge_indptr, merge_rows),
+            "merge_indices": view(lay.merge_indices, cap.partial_rows if self.graph else merge_entries),
         }
         if self.paged:
             views["kv_last_page_len"] = view(lay.kv_last_page_len, rows - 1)
@@ -590,6 +800,58 @@ class Engine:
             )
             views["partial_lse"] = view(lay.partial_lse, partial_rows * heads, torch.float32).view(-1, heads)
         return views
+
+
+def _knob_values(kn: dict) -> tuple:
+    return (
+        kn["sm_scale"],
+        kn["logits_soft_cap"],
+        kn["rope_scale"],
+        kn["rope_theta"],
+        kn["k_scale"],
+        kn["v_scale"],
+        kn["window_left"],
+    )
+
+
+def _int32_host(values) -> tuple[int, int] | None:
+    """(address, length) of a 1-D contiguous int32 CPU tensor or numpy array, else None."""
+    if type(values) is torch.Tensor:
+        if values.dtype is torch.int32 and values.is_cpu and values.dim() == 1 and values.is_contiguous():
+            return values.data_ptr(), values.shape[0]
+        return None
+    if (
+        type(values) is np.ndarray
+        and values.dtype == np.int32
+        and values.ndim == 1
+        and values.flags.c_contiguous
+    ):
+        return values.ctypes.data, values.shape[0]
+    return None
+
+
+@functools.cache
+def native_planner(variant: Variant, device_index: int) -> native_plan.Planner | None:
+    """The C planner of the pack that runs `variant` on this GPU, or None (a pack without it)."""
+    pack = loader.find_kernel(variant, torch.cuda.get_device_capability(device_index)).pack
+    return native_plan.planner_of(pack)
+
+
+class _Native:
+    """One problem's C planner: the pack's functions and, per workspace layout, the config struct."""
+
+    def __init__(self, planner: native_plan.Planner, kernel, variant, decode: bool, problem: dict):
+        self.planner, self.kernel, self.variant, self.decode = planner, kernel, variant, decode
+        self.problem = problem  # native_plan.config's arguments but the layout's
+        # per (batch, query tokens, host page count); graph mode: key None -> (layout, config ref, config)
+        self.entries: dict[tuple[int, int, int] | None, tuple] = {}
+
+    def add(self, key, lay: scheduler.WorkspaceLayout, fixed_grid: bool) -> tuple:
+        cfg = native_plan.config(lay, self.kernel, fixed_grid=fixed_grid, **self.problem)
+        if len(self.entries) >= 64:
+            self.entries.clear()
+        entry = self.entries[key] = (lay, ctypes.byref(cfg), cfg)
+        return entry
 
 
 def pack_mask(custom_mask, qo_lens, kv_lens, device):

@@ -61,7 +61,7 @@ class BatchDecodeWrapper:
     @property
     def plan_info(self) -> scheduler.Plan:
         """The scheduler's plan of the last plan() call (work list, chunk size, cost estimate)."""
-        return self._engine.plan_
+        return self._engine.plan_info
 
     def plan(
         self,
@@ -145,7 +145,7 @@ class BatchPrefillWrapper:
 
     @property
     def plan_info(self) -> scheduler.Plan:
-        return self._engine.plan_
+        return self._engine.plan_info
 
     def plan(
         self,

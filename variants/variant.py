@@ -45,8 +45,16 @@ RULES: tuple[tuple[str, object], ...] = (
     (
         "merge-states kernels combine finished partial outputs: they take no KV dtype, head dim, mask, "
         "positional encoding or soft-cap",
-        lambda v: v.family == "merge"
-        and (v.kv_dtype != v.q_dtype or v.head_dim != 0 or v.mask != "none" or v.pos != "none" or v.soft_cap),
+        lambda v: (
+            v.family == "merge"
+            and (
+                v.kv_dtype != v.q_dtype
+                or v.head_dim != 0
+                or v.mask != "none"
+                or v.pos != "none"
+                or v.soft_cap
+            )
+        ),
     ),
     (
         "attention kernels are compiled per head dim: head_dim must be one of 64, 128, 256",

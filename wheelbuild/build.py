@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..variants import InvalidVariant, Matrix, Variant, load_matrix, select
+from . import planner
 from .cache import ObjectCache, source_hash, unit_key
 from .codegen import render, template_path, write_if_different
 from .errors import CompileError, ConfigError
@@ -55,12 +56,23 @@ class Unit:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HostUnit:
+    """The host planner (wheelbuild/planner.py): host C++, one object linked into every arch's pack."""
+
+    source: Path
+    key: str
+    object: Path  # in the cache
+    cached: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class BuildPlan:
     options: BuildOptions
     toolchain: Toolchain
     matrix: Matrix
     units: tuple[Unit, ...]
     no_template: dict[str, tuple[str, ...]]  # family -> ids skipped because its template does not exist
+    planner: HostUnit | None = None  # None: these kernel sources have no planner (packs plan in Python)
 
     @property
     def to_compile(self) -> tuple[Unit, ...]:
@@ -83,6 +95,10 @@ class BuildPlan:
             "-o",
             OUT_PLACEHOLDER,
         )
+
+    def planner_command(self) -> tuple[str, ...]:
+        src = self.planner.source
+        return (str(self.toolchain.nvcc), *planner.nvcc_flags(), "-c", str(src), "-o", OUT_PLACEHOLDER)
 
     def link_command(self, objects: Iterable[Path]) -> tuple[str, ...]:
         link_dirs = [f"-L{d}" for d in self.toolchain.link_dirs]
@@ -167,7 +183,21 @@ def plan_build(options: BuildOptions, toolchain: Toolchain) -> BuildPlan:
         matrix=matrix,
         units=tuple(units),
         no_template={f: tuple(ids) for f, ids in no_template.items()},
+        planner=_planner_unit(csrc, cache, toolchain),
     )
+
+
+def _planner_unit(csrc: Path, cache: ObjectCache, toolchain: Toolchain) -> HostUnit | None:
+    src = planner.source(csrc)
+    if src is None:
+        return None
+    text = src.read_text()
+    headers = [
+        (p.relative_to(csrc).as_posix(), read_header(p)) for p in local_includes(text, src.parent, (csrc,))
+    ]
+    key = unit_key(source=text, headers=headers, flags=planner.nvcc_flags(), versions=toolchain.versions())
+    obj = cache.object_path(key, planner.LABEL)
+    return HostUnit(source=src, key=key, object=obj, cached=cache.has(obj))
 
 
 def run_build(plan: BuildPlan, reporter: Reporter | None = None) -> BuildResult:
@@ -209,11 +239,23 @@ def _run_build(plan: BuildPlan, reporter: Reporter) -> BuildResult:
         )
         for u in plan.to_compile
     ]
+    host = plan.planner
+    if host is not None and not host.cached:
+        compiles.append(
+            CompileEdge(
+                label=planner.LABEL,
+                source=host.source,
+                output=host.object.resolve(),
+                command=plan.planner_command(),
+            )
+        )
 
     def link_edges(available: set[str]) -> list[LinkEdge]:
         edges = []
         for arch in opts.archs:
             objects = tuple(u.object.resolve() for u in plan.units_for(arch) if u.id in available)
+            if objects and planner.LABEL in available:
+                objects += (host.object.resolve(),)
             if objects:
                 edges.append(
                     LinkEdge(
@@ -225,13 +267,15 @@ def _run_build(plan: BuildPlan, reporter: Reporter) -> BuildResult:
                 )
         return edges
 
-    everything = {u.id for u in plan.units}
+    everything = {u.id for u in plan.units} | ({planner.LABEL} if host is not None else set())
     write_if_different(ninja_path, render_ninja(compiles, link_edges(everything)))
     if compiles:
         _run_ninja(plan, ninja_path, [str(e.output) for e in compiles], result, reporter)
     if result.failed and not opts.keep_going:
         raise CompileError(result.failed)
     available = {u.id for u in plan.units if u.object.is_file()}
+    if host is not None and host.object.is_file():
+        available.add(planner.LABEL)
     links = link_edges(available)
     write_if_different(ninja_path, render_ninja(compiles, links))
     if links:
@@ -239,7 +283,7 @@ def _run_build(plan: BuildPlan, reporter: Reporter) -> BuildResult:
     for arch in opts.archs:
         units = [u for u in plan.units_for(arch) if u.id in available]
         if units and arch not in result.failed:
-            result.packs[arch] = _write_manifest(plan, arch, units)
+            result.packs[arch] = _write_manifest(plan, arch, units, with_planner=planner.LABEL in available)
     if result.failed:
         raise CompileError(result.failed)
     return result
@@ -253,11 +297,15 @@ def _library(options: BuildOptions, arch: str) -> Path:
     return options.build_dir / arch / TARGETS[arch].library
 
 
-def _write_manifest(plan: BuildPlan, arch: str, units: list[Unit]) -> Path:
+def _write_manifest(plan: BuildPlan, arch: str, units: list[Unit], *, with_planner: bool) -> Path:
     pack = plan.options.build_dir / arch
     entries = [variant_entry(u.variant, source_hash=u.source_hash, build_key=u.key) for u in units]
     text = render_manifest(
-        arch=arch, library=TARGETS[arch].library, versions=plan.toolchain.versions(), entries=entries
+        arch=arch,
+        library=TARGETS[arch].library,
+        versions=plan.toolchain.versions(),
+        entries=entries,
+        planner=planner.SYMBOLS if with_planner else None,
     )
     write_if_different(pack / MANIFEST, text)
     return pack

@@ -1,8 +1,8 @@
 """manifest.json of a kernel pack: what kernels/loader.py reads to find and check the variants.
 
-    {"abi_version": 1, "arch": "sm90a", "builder_version": "0.1.0",
+    {"abi_version": 2, "arch": "sm90a", "builder_version": "0.1.0",
      "toolchain": {"nvcc": "13.0.88", "cutlass": "4.2.0", "host": "g++ ..."}, "min_driver_cuda": "13.0",
-     "library": "libfib_kernels_sm90a.so",
+     "library": "libfib_kernels_sm90a.so", "planner": {"decode": "fib_plan_decode"},
      "variants": [{"id", "hash", "source_hash", "build_key", "family", "arch", "q_dtype", "kv_dtype",
                    "head_dim", "mask", "pos", "soft_cap",
                    "symbols": {"run": "fib_<id>_run", "info": "fib_<id>_info"}}]}
@@ -44,7 +44,10 @@ def variant_entry(variant: Variant, *, source_hash: str, build_key: str) -> dict
     }
 
 
-def render_manifest(*, arch: str, library: str, versions: dict[str, str], entries: list[dict]) -> str:
+def render_manifest(
+    *, arch: str, library: str, versions: dict[str, str], entries: list[dict], planner: dict | None = None
+) -> str:
+    """planner: the host planner's entry points by name (wheelbuild/planner.py), when the library has it."""
     manifest = {
         "abi_version": ABI_VERSION,
         "arch": arch,
@@ -54,4 +57,6 @@ def render_manifest(*, arch: str, library: str, versions: dict[str, str], entrie
         "library": library,
         "variants": sorted(entries, key=lambda e: e["id"]),
     }
+    if planner:
+        manifest["planner"] = dict(planner)
     return json.dumps(manifest, indent=2, sort_keys=True) + "\n"

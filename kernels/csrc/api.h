@@ -11,7 +11,18 @@
 
 #include <stdint.h>
 
-#define FIB_ABI_VERSION 1
+#define FIB_ABI_VERSION 2
+
+/* Launch flags (the `flags` field of the params structs). On sm_90 the kernels are programmatic
+ * dependent launches (csrc/common/launch.cuh): they may start while the previous kernel in the stream
+ * still runs, and by default read nothing before it has finished. A flag promises that some inputs
+ * were in place before that kernel started (written by the host, a copy, or an earlier kernel), so
+ * they are read early, overlapping its end:
+ *   FIB_INDEX_READY: work, kv_indptr and kv_last_page_len (attention); merge_indptr and
+ *                    merge_indices (merge);
+ *   FIB_PAGES_READY: kv_indices (attention). */
+#define FIB_INDEX_READY 1
+#define FIB_PAGES_READY 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -33,10 +44,13 @@ typedef struct fib_work_item {
 
 /* Decode and prefill, paged or ragged KV. */
 typedef struct fib_attention_params {
-  /* q: [total_q, num_qo_heads, head_dim]; request r owns tokens [qo_indptr[r], qo_indptr[r+1]) */
+  /* q: [total_q, num_qo_heads, head_dim]; request r owns tokens [qo_indptr[r], qo_indptr[r+1]).
+   * Decode: NULL (one query per request, token r), or, for variants without mask or positions,
+   * each request's first token qo_indptr[r] (only that entry is read): several tokens that see every
+   * key, packed as row = token * group_size + head_in_group (a cascade's shared level). */
   const void* q;
   int64_t q_stride_n, q_stride_h;
-  const int32_t* qo_indptr;        /* [batch_size + 1]; NULL for decode: one query per request */
+  const int32_t* qo_indptr;        /* [batch_size + 1] */
 
   /* Paged KV (kv_indices != NULL): k/v [num_pages, ...] with token j of request r in page
    * kv_indices[kv_indptr[r] + j / page_size] at slot j % page_size; the last page holds
@@ -75,6 +89,8 @@ typedef struct fib_attention_params {
   const float* alibi_slopes;       /* alibi variants: [num_qo_heads]; s += slope * (kv_pos - q_pos) */
   const uint8_t* custom_mask;      /* custom variants: bits, little-endian within each byte; request r's */
   const int64_t* mask_indptr;      /* [q_len, kv_len] row-major mask starts at bit mask_indptr[r]; 1 = keep */
+
+  int32_t flags;                   /* FIB_INDEX_READY | FIB_PAGES_READY, or 0 */
 } fib_attention_params;
 
 /* Merge states: out row n = softmax-weighted combination of partial rows
@@ -88,6 +104,7 @@ typedef struct fib_merge_params {
   int64_t o_stride_n, o_stride_h;
   float* lse;                      /* [num_rows, num_heads] or NULL */
   int32_t num_rows, num_heads, head_dim;
+  int32_t flags;                   /* FIB_INDEX_READY, or 0 */
 } fib_merge_params;
 
 /* What the scheduler and the loader need to know about one compiled variant on this device. */

@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from flashinfer_build.kernels import abi
 from flashinfer_build.wheelbuild.build import build
 from flashinfer_build.wheelbuild.errors import CompileError
 from flashinfer_build.wheelbuild.fatbin import check_target_code, images
@@ -55,7 +56,7 @@ def test_build_writes_one_pack_per_arch_and_a_rebuild_is_a_no_op(fixture_options
     assert set(result.compiled) >= IDS and not result.failed
     for arch, pack in result.packs.items():
         manifest = json.loads((pack / "manifest.json").read_text())
-        assert manifest["arch"] == arch and manifest["abi_version"] == 1
+        assert manifest["arch"] == arch and manifest["abi_version"] == abi.ABI_VERSION
         assert manifest["library"] == f"libfib_kernels_{arch}.so" and (pack / manifest["library"]).is_file()
         assert manifest["toolchain"]["nvcc"] == toolchain.nvcc_version
         (entry,) = manifest["variants"]

@@ -56,3 +56,53 @@ def test_each_pack_holds_its_arch_only_and_exports_every_entry_point(packs, arch
         assert isinstance(compiled._run, ctypes._CFuncPtr) and isinstance(compiled._info, ctypes._CFuncPtr)
     wheel = build_wheel(pack.path, tmp_path, env={})
     assert wheel.name.startswith(f"flashinfer_build_kernels_{arch}-")
+
+
+def test_each_pack_links_the_host_planner_and_it_plans_as_python_does(packs):
+    """The C decode planner inside a real pack (the same source the CPU tests build with c++) writes the
+    Python planner's staging bytes for a skewed (split) and a uniform (unsplit) batch."""
+    import numpy as np
+    from flashinfer_build.kernels import abi, native_plan, scheduler
+
+    _, result = packs
+    kernel = scheduler.KernelShape(num_sms=132, ctas_per_sm=2, cta_tile_q=64, cta_tile_kv=64)
+    for pack_dir in result.packs.values():
+        pack = KernelPack(pack_dir)
+        planner = native_plan.planner_of(pack)
+        assert set(pack.manifest["planner"]) == {"decode", "decode_upload", "prefill", "prefill_upload"}
+        fn, upload = planner.plan, planner.upload
+        for kv in ([32768] + [512] * 255, [8192] * 64):
+            pages = [-(-n // 16) for n in kv]
+            indptr = np.concatenate([[0], np.cumsum(pages)]).astype(np.int32)
+            last = np.array([n - (p - 1) * 16 for n, p in zip(kv, pages, strict=True)], np.int32)
+            cap = scheduler.capacity(
+                max_batch=len(kv), max_tokens=len(kv), group=4, cta_tile_q=64, num_sms=132, decode=True
+            )
+            lay = scheduler.layout(cap, 32, 128)
+            p = scheduler.plan(
+                None, kv, num_qo_heads=32, num_kv_heads=8, page_size=16, kernel=kernel, capacity=cap
+            )
+            want = np.zeros(lay.metadata_bytes // 4, np.int32)
+            scheduler.pack_metadata(p, lay, want, {"kv_indptr": indptr, "kv_last_page_len": last})
+            cfg = native_plan.config(
+                lay,
+                kernel,
+                num_qo_heads=32,
+                num_kv_heads=8,
+                page_size=16,
+                window_left=-1,
+                split_kv=True,
+                fixed_grid=False,
+                kv_bytes=2,
+                cost=scheduler.DEFAULT_COST,
+            )
+            got, r = np.zeros_like(want), abi.PlanResult()
+            args = (indptr.ctypes.data, last.ctypes.data, None, len(kv), int(indptr[-1]), got.ctypes.data)
+            assert fn(ctypes.byref(cfg), *args, ctypes.byref(r)) == 0
+            assert r.chunk_size == p.chunk_size and (r.chunk_size > 0) == (len(kv) == 256)
+            np.testing.assert_array_equal(got, want)
+            # the upload entry waits on the event first: without a GPU (or with a null event) that fails,
+            # and the failure comes back as a CUDA error, nothing planned
+            r = abi.PlanResult()
+            err = upload(ctypes.byref(cfg), *args, ctypes.byref(r), None, None, None)
+            assert err == r.error == abi.PLAN_CUDA and r.values[0] != 0 and r.grid == 0

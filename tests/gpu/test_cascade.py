@@ -8,7 +8,9 @@ import random
 
 import pytest
 import torch
-from flashinfer_build.kernels import accuracy, cascade, reference, wrappers
+from flashinfer_build.kernels import accuracy, cascade, ops, reference, wrappers
+from flashinfer_build.kernels.checks import InvalidArgument
+from flashinfer_build.variants import parse_id
 from test_wrappers import HKV, HQ, MERGE, PAGE, D, assert_accurate, require
 
 pytestmark = pytest.mark.gpu
@@ -24,11 +26,10 @@ def _last(n):
     return n - (math.ceil(n / PAGE) - 1) * PAGE if n else 0
 
 
-@pytest.mark.parametrize("levels", [2, 3])
-def test_cascade_equals_attention_over_concatenated_kv(levels):
-    require(DECODE, PREFILL, MERGE)
-    rng = random.Random()
-    groups = [rng.randint(1, 6) for _ in range(3)]  # requests per prefix group
+def _plan_random_cascade(levels, samples, rng):
+    """A random cascade of 3 prefix groups of `samples` (min, max) requests each: the wrapper planned on
+    shuffled pages, the caches, and what the reference needs (pages and lengths per level)."""
+    groups = [rng.randint(*samples) for _ in range(3)]  # requests per prefix group
     prefix = [rng.randint(1, 4000), 0, rng.randint(1, 300)]
     if levels == 2:  # whole pages: the concatenation is also a plain page table, checked below
         prefix = [PAGE * (n // PAGE + 1) for n in prefix]
@@ -71,6 +72,18 @@ def test_cascade_equals_attention_over_concatenated_kv(levels):
     )
     w = cascade.CascadeWrapper(len(level_pages), torch.empty(size, dtype=torch.uint8, device="cuda"))
     w.plan(*arrays, HQ, HKV, D, PAGE)
+    return w, (k, v), groups, level_pages, level_lens, num_pages
+
+
+# Samples per prompt: up to 6 stack 24 rows of 32/8 heads, one decode CTA; 17 to 20 (68 to 80 rows)
+# take the prefill kernel.
+@pytest.mark.parametrize("samples", [(1, 6), (17, 20)], ids=["decode-stacked", "prefill-stacked"])
+@pytest.mark.parametrize("levels", [2, 3])
+def test_cascade_equals_attention_over_concatenated_kv(levels, samples):
+    require(DECODE, PREFILL, MERGE)
+    w, (k, v), groups, level_pages, level_lens, _ = _plan_random_cascade(levels, samples, random.Random())
+    assert w.plan_.families[0] == ("decode" if samples[1] * HQ // HKV <= 64 else "prefill")
+    num_tokens = sum(groups)
     q = torch.randn(num_tokens, HQ, D, device="cuda", dtype=torch.bfloat16)
     o = accuracy.poisoned_like(q)
     lse = accuracy.poison_(torch.empty(q.shape[:2], device="cuda"))
@@ -115,7 +128,10 @@ def test_cascade_equals_attention_over_concatenated_kv(levels):
     if levels == 2:
         plain = wrappers.BatchDecodeWrapper(
             torch.empty(
-                wrappers.workspace_size(HQ, HKV, D, max_batch_size=num_tokens, max_num_pages=num_pages),
+                # Its page table repeats each prefix page once per request of the group.
+                wrappers.workspace_size(
+                    HQ, HKV, D, max_batch_size=num_tokens, max_num_pages=sum(len(p) for p in own_pages)
+                ),
                 dtype=torch.uint8,
                 device="cuda",
             )
@@ -133,3 +149,45 @@ def test_cascade_equals_attention_over_concatenated_kv(levels):
             PAGE,
         )
         torch.testing.assert_close(plain.run(q, (k, v)), o, atol=2e-2, rtol=2e-2)
+
+
+def test_cascade_replays_in_a_cuda_graph():
+    """The launches (levels on forked streams, then the merge) captured once replay for new queries
+    with the same result as an eager run."""
+    require(DECODE, MERGE)
+    w, kv, groups, *_ = _plan_random_cascade(2, (4, 6), random.Random())
+    q = torch.randn(sum(groups), HQ, D, device="cuda", dtype=torch.bfloat16)
+    o = accuracy.poisoned_like(q)
+    launch = w.launcher(q, *kv, o)
+    launch()  # warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        launch()
+    for _ in range(2):
+        q.copy_(torch.randn_like(q))
+        o.copy_(accuracy.poisoned_like(q))
+        graph.replay()
+        torch.testing.assert_close(o, w.run(q.clone(), kv), atol=0, rtol=0)
+
+
+def test_stacked_queries_need_a_decode_variant_without_positions():
+    """Several query tokens per request in the decode kernel all sit at the end of the KV: RoPE, ALiBi
+    and windows would be wrong for all but the last, so such a variant refuses qo_indptr."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    q = torch.zeros(4, HQ, D, device="cuda", dtype=torch.bfloat16)
+    k = torch.zeros(3, PAGE, HKV, D, device="cuda", dtype=torch.bfloat16)
+    index = torch.zeros(2, dtype=torch.int32, device="cuda")
+    with pytest.raises(InvalidArgument, match="need a decode variant without mask or positions"):
+        ops.prepare_attention(
+            parse_id("decode_sm90a_bf16_hd128_rope"),
+            q,
+            k,
+            k,
+            q,
+            kv_indptr=index,
+            kv_indices=index,
+            kv_last_page_len=index[:1],
+            qo_indptr=torch.tensor([0, 4], dtype=torch.int32, device="cuda"),
+            work=torch.zeros(1, 6, dtype=torch.int32, device="cuda"),
+        )

@@ -208,6 +208,37 @@ def test_cuda_graph_replays_for_other_batches():
     assert splits[1] and not splits[0], "the replays cover both split and unsplit plans"
 
 
+def test_back_to_back_split_runs_read_inputs_written_just_before():
+    """Graph replays of (a kernel writes q, split decode + merge) several times over, one workspace:
+    on sm_90 each launch may start while the one before runs (launch.cuh), so a q read before the
+    wait, or partial states of run i + 1 written while run i's merge reads them, would show here."""
+    require(DECODE, MERGE)
+    rng = random.Random()
+    kv_lens = [16384 + rng.randint(0, 15), rng.randint(1, 500), 3]
+    k, v, indptr, indices, last = paged_cache(kv_lens)
+    size = wrappers.workspace_size(HQ, HKV, D, max_batch_size=4, max_num_pages=int(indices.numel()))
+    w = wrappers.BatchDecodeWrapper(workspace(size))
+    w.plan(indptr, indices, last, HQ, HKV, D, PAGE)
+    assert w.plan_info.split
+    runs = 4
+    sources = [torch.randn(len(kv_lens), HQ, D, device="cuda", dtype=torch.bfloat16) for _ in range(runs)]
+    qs = [accuracy.poisoned_like(x) for x in sources]
+    outs = [accuracy.poisoned_like(x) for x in sources]
+    lses = [accuracy.poison_(torch.empty(x.shape[:2], device="cuda")) for x in sources]
+    launches = [w.launcher(q, k, v, o, lse) for q, o, lse in zip(qs, outs, lses, strict=True)]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for src, q, launch in zip(sources, qs, launches, strict=True):
+            q.copy_(src)
+            launch()
+    graph.replay()
+    torch.cuda.synchronize()
+    for src, o, lse in zip(sources, outs, lses, strict=True):
+        args = (src, k, v, indptr.cuda(), indices, last.cuda(), "NHD")
+        ref, low = (reference_decode(*args, dtype) for dtype in (torch.float32, torch.bfloat16))
+        assert_accurate(o, lse, ref, low)
+
+
 def test_run_refuses_capture_without_graph_mode():
     require(DECODE, MERGE)
     k, v, indptr, indices, last = paged_cache([100, 200])

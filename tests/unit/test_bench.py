@@ -76,7 +76,11 @@ def test_chat_trace_is_fixed_and_shaped():
 def test_user_shapes():
     w = wl.parse_shape("decode:batch=32,kv=4096,kv_dtype=fp8e4m3,hkv=4")
     assert (len(w.q_lens), w.kv_lens[0], w.num_kv_heads, w.variant().id) == (
-        32, 4096, 4, "decode_sm90a_bf16_kvfp8e4m3_hd128")
+        32,
+        4096,
+        4,
+        "decode_sm90a_bf16_kvfp8e4m3_hd128",
+    )
     p = wl.parse_shape("prefill:batch=2,tokens=8192,hd=64,causal=false,page=0")
     assert p.q_lens == p.kv_lens == (8192, 8192) and p.mask == "none" and p.variant().id.endswith("hd64")
     assert wl.parse_shape("decode").kv_lens == (4096,)  # every key has a default
@@ -93,20 +97,79 @@ def test_rotation_sets():
 
 
 WORKLOADS = [
-    wl.Workload(name="decode", kind="decode", q_lens=(1,) * 3, kv_lens=(37,) * 3, num_qo_heads=8,
-                num_kv_heads=2, head_dim=32),
-    wl.Workload(name="varlen alibi", kind="decode", q_lens=(1,) * 3, kv_lens=(37, 5, 60), num_qo_heads=8,
-                num_kv_heads=2, head_dim=32, pos="alibi"),
-    wl.Workload(name="prefill", kind="prefill", q_lens=(20, 20), kv_lens=(20, 20), num_qo_heads=4,
-                num_kv_heads=4, head_dim=32, mask="causal", page_size=0),
-    wl.Workload(name="window softcap", kind="prefill", q_lens=(7, 3), kv_lens=(20, 9), num_qo_heads=4,
-                num_kv_heads=2, head_dim=32, mask="sliding_window", window_left=4, soft_cap=2.0),
-    wl.Workload(name="rope", kind="prefill", q_lens=(5, 5), kv_lens=(20, 20), num_qo_heads=4, num_kv_heads=2,
-                head_dim=32, mask="causal", pos="rope"),
-    wl.Workload(name="prefix", kind="decode", q_lens=(1,) * 3, kv_lens=(7,) * 3, num_qo_heads=4,
-                num_kv_heads=2, head_dim=32, shared_prefix=32),
-    wl.Workload(name="fp8", kind="decode", q_lens=(1,) * 3, kv_lens=(17,) * 3, num_qo_heads=4, num_kv_heads=2,
-                head_dim=32, kv_dtype="fp8e4m3"),
+    wl.Workload(
+        name="decode",
+        kind="decode",
+        q_lens=(1,) * 3,
+        kv_lens=(37,) * 3,
+        num_qo_heads=8,
+        num_kv_heads=2,
+        head_dim=32,
+    ),
+    wl.Workload(
+        name="varlen alibi",
+        kind="decode",
+        q_lens=(1,) * 3,
+        kv_lens=(37, 5, 60),
+        num_qo_heads=8,
+        num_kv_heads=2,
+        head_dim=32,
+        pos="alibi",
+    ),
+    wl.Workload(
+        name="prefill",
+        kind="prefill",
+        q_lens=(20, 20),
+        kv_lens=(20, 20),
+        num_qo_heads=4,
+        num_kv_heads=4,
+        head_dim=32,
+        mask="causal",
+        page_size=0,
+    ),
+    wl.Workload(
+        name="window softcap",
+        kind="prefill",
+        q_lens=(7, 3),
+        kv_lens=(20, 9),
+        num_qo_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        mask="sliding_window",
+        window_left=4,
+        soft_cap=2.0,
+    ),
+    wl.Workload(
+        name="rope",
+        kind="prefill",
+        q_lens=(5, 5),
+        kv_lens=(20, 20),
+        num_qo_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        mask="causal",
+        pos="rope",
+    ),
+    wl.Workload(
+        name="prefix",
+        kind="decode",
+        q_lens=(1,) * 3,
+        kv_lens=(7,) * 3,
+        num_qo_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        shared_prefix=32,
+    ),
+    wl.Workload(
+        name="fp8",
+        kind="decode",
+        q_lens=(1,) * 3,
+        kv_lens=(17,) * 3,
+        num_qo_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        kv_dtype="fp8e4m3",
+    ),
 ]
 
 
@@ -171,7 +234,12 @@ def test_report_numbers_and_outputs():
     data = _fake_report()
     row = data["rows"][0]
     assert data["schema"] == bench.SCHEMA and set(data["device"]) == {
-        "name", "num_sms", "l2_bytes", "copy_gbps", "matmul_tflops"}
+        "name",
+        "num_sms",
+        "l2_bytes",
+        "copy_gbps",
+        "matmul_tflops",
+    }
     assert row["speedup"] == pytest.approx(1.2) and row["bound"] == "memory"
     ours = row["methods"][0]
     assert ours["gbps"] == pytest.approx(row["bytes"] / 100e-6 / 1e9)

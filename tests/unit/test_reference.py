@@ -43,18 +43,21 @@ def test_no_visible_key_gives_zero_and_minus_inf():
 
 def test_rope_depends_only_on_relative_position():
     q, k = torch.randn(1, 1, 64, dtype=torch.float64), torch.randn(1, 1, 64, dtype=torch.float64)
+
     def score(pq, pk):
         rq = hooks.apply_rope(q, torch.tensor([pq]), 1e4, 1.0)
         rk = hooks.apply_rope(k, torch.tensor([pk]), 1e4, 1.0)
         return float((rq * rk).sum())
+
     assert score(10, 3) == pytest.approx(score(107, 100), rel=1e-9)
     assert score(10, 3) != pytest.approx(score(10, 4), rel=1e-3)
 
 
 def test_alibi_and_soft_cap_transform():
     s = torch.full((2, 1, 3), 10.0)
-    out = hooks.logits_transform(s, sm_scale=0.5, q_len=1, kv_len=3, pos="alibi",
-                                 alibi_slopes=torch.tensor([1.0, 0.5]), soft_cap=4.0)
+    out = hooks.logits_transform(
+        s, sm_scale=0.5, q_len=1, kv_len=3, pos="alibi", alibi_slopes=torch.tensor([1.0, 0.5]), soft_cap=4.0
+    )
     bias = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, -0.5, 0.0]])
     torch.testing.assert_close(out[:, 0], 4.0 * torch.tanh((5.0 + bias) / 4.0))
 

@@ -4,7 +4,7 @@ arrays, and the whole BatchDecodeWrapper.plan through the device seams (benchmar
 import numpy as np
 import pytest
 import torch
-from flashinfer_build.kernels import scheduler, wrapper_engine, wrappers
+from flashinfer_build.kernels import native_plan, scheduler, wrapper_engine, wrappers
 from flashinfer_build.kernels.checks import InvalidArgument
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -60,20 +60,36 @@ def test_cached_decode_arrays_are_read_only():
     assert again.work[0, 4] == 100
 
 
-def test_wrapper_plan_on_host_seams_packs_the_scheduler_plan(monkeypatch):
-    class HostStaging(wrapper_engine.Staging):
-        def reserve(self, nbytes):
-            if self.host.numel() * 4 < nbytes:
-                self.host = torch.empty(nbytes // 4, dtype=torch.int32)
-                self.array, self.bytes = self.host.numpy(), self.host.view(torch.uint8)
-            return self.array
+def aligned_workspace(size):
+    raw = torch.zeros(size + scheduler.ALIGN_BYTES, dtype=torch.uint8)
+    skip = -raw.data_ptr() % scheduler.ALIGN_BYTES
+    return raw[skip : skip + size]
 
-        def upload(self, workspace, nbytes):
-            workspace[:nbytes].copy_(self.bytes[:nbytes])
 
+class HostStaging(wrapper_engine.Staging):
+    pinned = False
+
+    def reserve(self, nbytes):
+        if self.host.numel() * 4 < nbytes:
+            self._allocate(nbytes // 4)
+        return self.array
+
+    def upload(self, workspace, nbytes):
+        workspace[:nbytes].copy_(self.bytes[:nbytes])
+
+
+@pytest.fixture(params=["python", "C"])
+def host_seams(request, monkeypatch):
+    """The wrappers on the CPU (benchmarks/plan_time.py's seams), planning in Python or in C."""
+    planner = request.getfixturevalue("host_planner") if request.param == "C" else None
     monkeypatch.setattr(wrapper_engine, "check_workspace", lambda workspace: None)
     monkeypatch.setattr(wrapper_engine, "kernel_shape", lambda variant, index: SHAPE)
+    monkeypatch.setattr(wrapper_engine, "native_planner", lambda variant, index: planner)
     monkeypatch.setattr(wrapper_engine, "Staging", HostStaging)
+    return request.param
+
+
+def test_wrapper_plan_on_host_seams_packs_the_scheduler_plan(host_seams):
     rng = np.random.default_rng()
     kv_lens = [int(rng.integers(20000, 40000))] + rng.integers(0, 600, 31).tolist()
     pages = [-(-n // 16) for n in kv_lens]
@@ -88,6 +104,7 @@ def test_wrapper_plan_on_host_seams_packs_the_scheduler_plan(monkeypatch):
     for kv_indices in (torch.from_numpy(indices), indices):  # on the workspace's device, on the host
         ws.zero_()
         w.plan(torch.from_numpy(indptr), kv_indices, torch.from_numpy(last), 32, 8, 128, 16)
+        assert isinstance(w._engine.plan_, native_plan.NativePlan) == (host_seams == "C")
         lay, p = w._engine.layout, w.plan_info
         expect = scheduler.plan(
             None, kv_lens, num_qo_heads=32, num_kv_heads=8, page_size=16, kernel=SHAPE, capacity=lay.capacity
@@ -101,3 +118,156 @@ def test_wrapper_plan_on_host_seams_packs_the_scheduler_plan(monkeypatch):
         np.testing.assert_array_equal(words[lay.merge_indptr // 4 :][:n], expect.merge_indptr)
         host_copy = words[lay.kv_indices // 4 :][: indices.shape[0]]
         assert (host_copy == indices).all() == isinstance(kv_indices, np.ndarray)
+        np.testing.assert_array_equal(p.work, expect.work)
+        assert p.estimate == expect.estimate
+
+
+def test_wrapper_plan_errors_are_the_same_on_both_paths(host_seams):
+    ws = aligned_workspace(1 << 24)
+    w = wrappers.BatchDecodeWrapper(ws, use_cuda_graph=True, max_batch_size=4, max_num_pages=8)
+    last = torch.ones(5, dtype=torch.int32)
+    with pytest.raises(ValueError, match="batch size 5 exceeds the wrapper's max batch size 4"):
+        w.plan(torch.arange(6, dtype=torch.int32), torch.arange(5, dtype=torch.int32), last, 32, 8, 128, 16)
+    with pytest.raises(InvalidArgument, match="9 kv_indices exceed the wrapper's max_num_pages 8"):
+        w.plan(
+            torch.arange(5, dtype=torch.int32), torch.arange(9, dtype=torch.int32), last[:4], 32, 8, 128, 16
+        )
+    with pytest.raises(InvalidArgument, match="kv_indptr must be non-decreasing"):
+        w.plan(
+            torch.tensor([0, 2, 1], dtype=torch.int32),
+            torch.arange(5, dtype=torch.int32),
+            last[:2],
+            32,
+            8,
+            128,
+            16,
+        )
+    with pytest.raises(InvalidArgument, match=r"kv_last_page_len must lie in \[1, page_size = 16\]"):
+        w.plan(
+            torch.tensor([0, 2, 3], dtype=torch.int32),
+            torch.arange(5, dtype=torch.int32),
+            last[:2] * 17,
+            32,
+            8,
+            128,
+            16,
+        )
+    # two problems at once: the index arrays' is reported first, as the Python path always did
+    small = wrappers.BatchDecodeWrapper(aligned_workspace(1 << 20))
+    with pytest.raises(InvalidArgument, match="kv_last_page_len must lie in"):
+        small.plan(
+            torch.arange(5, dtype=torch.int32),
+            torch.arange(5, dtype=torch.int32),
+            last[:4] * 0,
+            32,
+            8,
+            128,
+            16,
+        )
+    with pytest.raises(InvalidArgument, match="kv_indptr must be non-decreasing"):
+        w.plan(
+            torch.tensor([0, 2, 1], dtype=torch.int32),
+            torch.arange(9, dtype=torch.int32),
+            last[:2],
+            32,
+            8,
+            128,
+            16,
+        )
+    with pytest.raises(InvalidArgument, match="kv_indptr must be non-decreasing"):
+        w.plan(
+            torch.tensor([0, 2, 1], dtype=torch.int32),
+            torch.arange(5),
+            last[:2],
+            32,
+            8,
+            128,
+            16,
+            window_left=5,
+        )
+    small = wrappers.BatchDecodeWrapper(aligned_workspace(256))
+    with pytest.raises(InvalidArgument, match="workspace holds 256 bytes but this batch needs"):
+        small.plan(
+            torch.arange(5, dtype=torch.int32), torch.arange(9, dtype=torch.int32), last[:4], 32, 8, 128, 16
+        )
+
+
+def test_graph_wrapper_plans_pad_to_the_bounds(host_seams):
+    ws = aligned_workspace(1 << 24)
+    w = wrappers.BatchDecodeWrapper(ws, use_cuda_graph=True, max_batch_size=8, max_num_pages=64)
+    kv_lens = [40, 0, 300]
+    pages = [-(-n // 16) for n in kv_lens]
+    indptr = np.concatenate([[0], np.cumsum(pages)]).astype(np.int32)
+    last = np.array([n - (p - 1) * 16 if p else 0 for n, p in zip(kv_lens, pages, strict=True)], np.int32)
+    w.plan(
+        torch.from_numpy(indptr),
+        torch.arange(indptr[-1], dtype=torch.int32),
+        torch.from_numpy(last),
+        32,
+        8,
+        128,
+        16,
+    )
+    lay, p = w._engine.layout, w.plan_info
+    expect = scheduler.plan(
+        None,
+        kv_lens,
+        num_qo_heads=32,
+        num_kv_heads=8,
+        page_size=16,
+        kernel=SHAPE,
+        capacity=lay.capacity,
+        fixed_grid=True,
+    )
+    words = ws.view(torch.int32).numpy()
+    np.testing.assert_array_equal(p.work, expect.work)
+    np.testing.assert_array_equal(words[lay.work // 4 :][: expect.work.size], expect.work.reshape(-1))
+    np.testing.assert_array_equal(words[lay.kv_indptr // 4 :][:9], np.concatenate([indptr, [indptr[-1]] * 5]))
+    np.testing.assert_array_equal(
+        words[lay.kv_last_page_len // 4 :][:8], np.concatenate([last, [last[-1]] * 5])
+    )
+    np.testing.assert_array_equal(words[lay.merge_indptr // 4 :][:9], expect.merge_indptr)
+
+
+@pytest.mark.parametrize("paged", [True, False])
+def test_prefill_wrapper_plan_on_host_seams_packs_the_scheduler_plan(host_seams, paged):
+    rng = np.random.default_rng()
+    qo = [int(rng.integers(0, 4)) for _ in range(12)] + [7]  # short appends and one over long KV: split
+    kv = [q + int(rng.integers(0, 500)) for q in qo[:-1]] + [30_000]
+    qo_ptr = np.concatenate([[0], np.cumsum(qo)]).astype(np.int32)
+    if paged:
+        pages = [-(-n // 16) for n in kv]
+        kv_ptr = np.concatenate([[0], np.cumsum(pages)]).astype(np.int32)
+        last = np.array([n - (p - 1) * 16 if p else 0 for n, p in zip(kv, pages, strict=True)], np.int32)
+        extra = dict(
+            kv_indices=torch.arange(int(kv_ptr[-1]), dtype=torch.int32),
+            kv_last_page_len=torch.from_numpy(last),
+        )
+    else:
+        kv_ptr, extra = np.concatenate([[0], np.cumsum(kv)]).astype(np.int32), {}
+    ws = aligned_workspace(1 << 26)
+    w = wrappers.BatchPrefillWrapper(ws, paged=paged)
+    for mask in ("causal", "none"):
+        ws.zero_()
+        w.plan(
+            torch.from_numpy(qo_ptr), torch.from_numpy(kv_ptr), 32, 8, 128, mask=mask, page_size=16, **extra
+        )
+        assert isinstance(w._engine.plan_, native_plan.NativePlan) == (host_seams == "C")
+        lay, p = w._engine.layout, w.plan_info
+        expect = scheduler.plan(
+            qo, kv, num_qo_heads=32, num_kv_heads=8, page_size=16 if paged else 1, kernel=SHAPE, mask=mask,
+            capacity=lay.capacity, cost=scheduler.PREFILL_COST,
+        )  # fmt: skip
+        assert p.split and p.chunk_size == expect.chunk_size and p.estimate == expect.estimate
+        words = ws.view(torch.int32).numpy()
+        np.testing.assert_array_equal(words[lay.work // 4 :][: expect.work.size], expect.work.reshape(-1))
+        n = expect.merge_indptr.shape[0]
+        np.testing.assert_array_equal(words[lay.merge_indptr // 4 :][:n], expect.merge_indptr)
+        n = expect.merge_indices.shape[0]
+        np.testing.assert_array_equal(words[lay.merge_indices // 4 :][:n], expect.merge_indices)
+        np.testing.assert_array_equal(words[lay.qo_indptr // 4 :][:14], qo_ptr)
+        np.testing.assert_array_equal(words[lay.kv_indptr // 4 :][:14], kv_ptr)
+    with pytest.raises(InvalidArgument, match="qo_indptr must be non-decreasing"):
+        bad = qo_ptr.copy()
+        bad[3] = bad[4] + 1
+        w.plan(torch.from_numpy(bad), torch.from_numpy(kv_ptr), 32, 8, 128, page_size=16, **extra)

@@ -17,13 +17,40 @@ from flashinfer_build.variants import load_matrix, parse_id
 CI = [v for v in load_matrix("ci") if v.arch == "sm90a"]
 SEED = verify.new_seed()  # fresh cases every run; printed in failure messages
 
-REPORT_KEYS = {"schema", "seed", "device", "gpu", "torch", "factor", "packs", "variants", "sanitize",
-               "summary"}
-VARIANT_KEYS = {"id", "result", "cases", "max_abs_err", "max_rel_err", "tolerance", "seconds", "message",
-                "case_results"}
+REPORT_KEYS = {
+    "schema",
+    "seed",
+    "device",
+    "gpu",
+    "torch",
+    "factor",
+    "packs",
+    "variants",
+    "sanitize",
+    "summary",
+}
+VARIANT_KEYS = {
+    "id",
+    "result",
+    "cases",
+    "max_abs_err",
+    "max_rel_err",
+    "tolerance",
+    "seconds",
+    "message",
+    "case_results",
+}
 CASE_KEYS = {"index", "shape", "description", "passed", "error", "output", "lse"}
-COMPARISON_KEYS = {"max_abs_err", "rel_err", "tolerance", "elements", "unwritten", "nan", "empty_row_errors",
-                   "passed"}
+COMPARISON_KEYS = {
+    "max_abs_err",
+    "rel_err",
+    "tolerance",
+    "elements",
+    "unwritten",
+    "nan",
+    "empty_row_errors",
+    "passed",
+}
 
 
 def test_ci_preset_passes_through_the_emulation():

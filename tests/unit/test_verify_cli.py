@@ -47,8 +47,23 @@ def test_a_failing_variant_exits_1(monkeypatch, capsys):
     real = verify_run.run_emulated
     monkeypatch.setattr(verify_run, "run_emulated", wrong)
     seed = verify.new_seed()
-    code = main(["verify", "--device", "cpu", "--preset", "ci", "--only", "prefill_*", "--arch", "sm90a",
-                 "--cases", "1", "--seed", str(seed)])
+    code = main(
+        [
+            "verify",
+            "--device",
+            "cpu",
+            "--preset",
+            "ci",
+            "--only",
+            "prefill_*",
+            "--arch",
+            "sm90a",
+            "--cases",
+            "1",
+            "--seed",
+            str(seed),
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert f"--seed {seed} --only prefill_sm90a_bf16_hd128_causal" in err

@@ -1,8 +1,9 @@
 // Decode layer: the batch-decode kernel over a paged (or ragged) KV cache and its entry points.
 //
 // One CTA per (work item i, KV head h). It runs item i for KV head h: the packed query rows
-// [qo_begin, qo_end) of its request's single query token (row = head within the group, so GQA
-// groups share every KV byte read), over keys [kv_begin, kv_end) cut to the variant's kv_range.
+// [qo_begin, qo_end) of its request (row = token * group + head within the group, so GQA groups,
+// and the stacked query tokens of a cascade's shared level, share every KV byte read), over keys
+// [kv_begin, kv_end) cut to the variant's kv_range.
 // KV tiles of kTileKv keys stream through a kStages-deep cp.async pipeline; each warp takes
 // 16-key slices of a tile for its m-tile of 16 rows (warps with the same m-tile split the keys),
 // and the warps' partial softmax states are combined through shared memory at the end. The
@@ -39,6 +40,13 @@ __device__ __forceinline__ int32_t kv_length(const fib_attention_params& p, int 
   return count > 0 ? (count - 1) * p.page_size + p.kv_last_page_len[request] : 0;
 }
 
+// The request's first query token: its index (one token per request) without qo_indptr; with
+// qo_indptr (variants without masks or positions, api.h), qo_indptr[request], and packed row r is
+// its token r / group.
+__device__ __forceinline__ int32_t first_token(const fib_attention_params& p, int request) {
+  return p.qo_indptr == nullptr ? request : p.qo_indptr[request];
+}
+
 // Copies the CTA's query rows into shared memory as Math (Q, fp16 for fp8 KV), applying RoPE at
 // the query's position; rows past the work item's are zeroed so every m-tile computes on finite data.
 template <class Tr, class Var>
@@ -55,7 +63,8 @@ __device__ __forceinline__ void stage_q(const fib_attention_params& p, const fib
     if (row < rows) {
       const int packed = item.qo_begin + row;
       const int head = kv_head * group + packed % group;
-      const QN* src = static_cast<const QN*>(p.q) + int64_t(item.request) * p.q_stride_n + int64_t(head) * p.q_stride_h;
+      const int64_t token = first_token(p, item.request) + packed / group;
+      const QN* src = static_cast<const QN*>(p.q) + token * p.q_stride_n + int64_t(head) * p.q_stride_h;
 #pragma unroll
       for (int half = 0; half < (kRope ? 2 : 1); ++half) {
         const auto v = Vec<QN, 8>::load(src + 8 * (g + half * kGroups / 2));
@@ -86,6 +95,13 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
   constexpr bool kRope = Var::kPos == PosEncoding::kRope;
   extern __shared__ __align__(128) char smem[];
 
+  // Programmatic launch (launch.cuh): this CTA may start while the previous kernel still runs. It
+  // walks the page table (work item -> kv_indptr -> kv_indices, three dependent loads, ~3 us of a
+  // 1 x 32k split's 53 us) before waiting for that kernel where the flags (api.h) say those arrays
+  // were in place before it started, and reads q, k, v and writes its outputs only after.
+  launch_dependents();
+  if (!(p.flags & FIB_INDEX_READY)) wait_for_previous_grid();
+
   // CTA (i, h) of the api.h grid is block i * num_kv_heads + h: the KV heads of one work item are
   // dispatched together, so the CTAs reading the same pages run side by side (whole pages per DRAM
   // row instead of one head's slice of each).
@@ -98,7 +114,9 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
   const int kv_len = kv_length(p, item.request);
 
   // Decode: one query token per request, at position kv_len - 1. For it, kv_range is exact (every
-  // key inside is visible), so the mainloop needs no per-element mask, only the tail cut.
+  // key inside is visible), so the mainloop needs no per-element mask, only the tail cut. Stacked
+  // tokens (qo_indptr given) come only with variants that have no mask or positions: they too see
+  // exactly [0, kv_len).
   const RowContext ctx{item.request, 1, kv_len, 0};
   int32_t lo, hi;
   Var::kv_range(p, ctx, 0, 0, &lo, &hi);
@@ -108,29 +126,28 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
 
   int64_t* offsets = reinterpret_cast<int64_t*>(smem + Tr::kOffsetsAt);  // (kOffsetSlots, kTileKv)
   char* s_q = smem + Tr::kQAt;                                            // (kTileQ, kQPitch)
-  stage_q<Tr, Var>(p, item, rows, group, kv_head, float(Var::query_pos(ctx, 0)), s_q, tid);
 
   // Page lookups run ahead of their copies: the row offsets of tile t are loaded into registers at
   // the end of iteration t - kStages - 1, published to shared memory at the end of the next one,
   // and read by the copies issued in iteration t - kStages + 1: a lookup's latency overlaps a whole
   // iteration instead of ending one (measured: fp8 stuck at ~77% of copy bandwidth before).
-  int64_t ahead[Tr::kLookupsPerThread];
-  const auto lookup = [&](int tile) {
+  const auto lookup = [&](int tile, int64_t(&dst)[Tr::kLookupsPerThread]) {
 #pragma unroll
     for (int i = 0; i < Tr::kLookupsPerThread; ++i) {
       const int row = tid + i * Tr::kThreads;
-      ahead[i] = row < Tr::kTileKv && tile < num_tiles
-                     ? kv_row_offset(p, src, kv_begin + tile * Tr::kTileKv + row, kv_end)
-                     : -1;
+      dst[i] = row < Tr::kTileKv && tile < num_tiles ? kv_row_offset(p, src, kv_begin + tile * Tr::kTileKv + row, kv_end)
+                                                     : -1;
     }
   };
-  const auto publish = [&](int tile) {
+  const auto publish = [&](int tile, const int64_t(&from)[Tr::kLookupsPerThread]) {
 #pragma unroll
     for (int i = 0; i < Tr::kLookupsPerThread; ++i) {
       const int row = tid + i * Tr::kThreads;
-      if (row < Tr::kTileKv) offsets[(tile % Tr::kOffsetSlots) * Tr::kTileKv + row] = ahead[i];
+      if (row < Tr::kTileKv) offsets[(tile % Tr::kOffsetSlots) * Tr::kTileKv + row] = from[i];
     }
   };
+  if (!(p.flags & FIB_PAGES_READY)) wait_for_previous_grid();
+  int64_t first[Tr::kStages][Tr::kLookupsPerThread], ahead[Tr::kLookupsPerThread];
   // Warp roles: m-tiles of 16 rows; the warps of one m-tile take every slices-th key slice.
   const int m_tiles = ceil_div(rows, 16);
   const int slices = Tr::kWarps / m_tiles;
@@ -142,11 +159,12 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
   if constexpr (kRope) KeyRopeT::fill(p, rope_table, slices, tid);
 
 #pragma unroll
-  for (int t = 0; t < Tr::kStages; ++t) {
-    lookup(t);
-    publish(t);
-  }
-  lookup(Tr::kStages);
+  for (int t = 0; t < Tr::kStages; ++t) lookup(t, first[t]);
+  lookup(Tr::kStages, ahead);
+  wait_for_previous_grid();  // q, the cache and the outputs may be the previous kernel's
+  stage_q<Tr, Var>(p, item, rows, group, kv_head, float(Var::query_pos(ctx, 0)), s_q, tid);
+#pragma unroll
+  for (int t = 0; t < Tr::kStages; ++t) publish(t, first[t]);
   __syncthreads();
 
   const char* q_row0 = s_q + (m_tile * 16 + r) * Tr::kQPitch;
@@ -215,8 +233,8 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
         pv_slice<Tr>(st, s_v, key0, lane, s);
       }
     }
-    publish(t + Tr::kStages);
-    lookup(t + Tr::kStages + 1);
+    publish(t + Tr::kStages, ahead);
+    lookup(t + Tr::kStages + 1, ahead);
   }
   cp_async_wait<0>();
   __syncthreads();
@@ -252,7 +270,8 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
     const int packed = item.qo_begin + row;
     const int head = kv_head * group + packed % group;
     if (item.partial_row >= 0) {
-      const int64_t prow = int64_t(item.partial_row) * p.num_qo_heads + head;
+      const int64_t prow =
+          int64_t(item.partial_row + packed / group - item.qo_begin / group) * p.num_qo_heads + head;
       float4* dst = reinterpret_cast<float4*>(p.partial_o + prow * Tr::kHeadDim + 8 * g);
       dst[0] = make_float4(acc[0] * norm, acc[1] * norm, acc[2] * norm, acc[3] * norm);
       dst[1] = make_float4(acc[4] * norm, acc[5] * norm, acc[6] * norm, acc[7] * norm);
@@ -261,8 +280,9 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
       Vec<QN, 8> out;
 #pragma unroll
       for (int e = 0; e < 8; ++e) out[e] = from_float<QN>(acc[e] * norm);
-      out.store(static_cast<QN*>(p.o) + int64_t(item.request) * p.o_stride_n + int64_t(head) * p.o_stride_h + 8 * g);
-      if (g == 0 && p.lse != nullptr) p.lse[int64_t(item.request) * p.num_qo_heads + head] = lse;
+      const int64_t token = first_token(p, item.request) + packed / group;
+      out.store(static_cast<QN*>(p.o) + token * p.o_stride_n + int64_t(head) * p.o_stride_h + 8 * g);
+      if (g == 0 && p.lse != nullptr) p.lse[token * p.num_qo_heads + head] = lse;
     }
   }
 }
@@ -274,8 +294,7 @@ cudaError_t run(const fib_attention_params* p, cudaStream_t stream) {
   constexpr auto kernel = decode_kernel<QT, KVT, HeadDim, Var>;
   const cudaError_t err = configure_kernel<kernel>(Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  kernel<<<unsigned(p->num_work) * unsigned(p->num_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(*p);
-  return cudaGetLastError();
+  return launch(kernel, unsigned(p->num_work) * unsigned(p->num_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream, *p);
 }
 
 template <typename QT, typename KVT, int HeadDim, class Var>

@@ -20,7 +20,7 @@ struct Sm80MmaAtom<cutlass::half_t> {
   using type = cute::SM80_16x8x16_F32F16F16F32_TN;
 };
 
-template <class Element_, int HeadDim, int BlockM, int BlockN, int Warps, int MinCtasPerSm>
+template <class Element_, int HeadDim, int BlockM, int BlockN, int Warps, int MinCtasPerSm, int KStages>
 struct Sm80Traits {
   using Element = Element_;
   static constexpr int kHeadDim = HeadDim;
@@ -29,6 +29,8 @@ struct Sm80Traits {
   static constexpr int kWarps = Warps;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kMinCtasPerSm = MinCtasPerSm;
+  static constexpr int kKStages = KStages;
+  static constexpr int kTableSlots = KStages + 1;  // row tables of the tiles whose loads are pending
 
   static constexpr int kMmaRows = 16;                     // rows of one m16n8k16 instruction
   static constexpr int kVecElems = 16 / sizeof(Element);  // one 16-byte cp.async / ldmatrix row
@@ -38,6 +40,7 @@ struct Sm80Traits {
   static_assert(kHeadDim % kSwizzleRowElems == 0, "head_dim must be a multiple of 64");
   static_assert(kBlockN % 16 == 0, "block_n must be a multiple of the MMA k extent (16)");
   static_assert(kBlockN <= kThreads, "one thread computes each key row's address per tile");
+  static_assert(kKStages == 1 || kKStages == 2, "one or two K buffers");
 
   // Warps tile the M mode; each repeats the 16x8x16 atom over its rows, all keys and head dims.
   using TiledMma = cute::TiledMMA<cute::MMA_Atom<typename Sm80MmaAtom<Element>::type>,
@@ -63,6 +66,12 @@ struct Sm80Traits {
   // Global <-> shared in 16-byte chunks; the threads of one swizzle row cover its 128 bytes.
   static constexpr int kGmemThreadsPerRow = kSwizzleRowElems / kVecElems;
   static_assert(kThreads % kGmemThreadsPerRow == 0, "threads must tile whole swizzle rows");
+  // One pass of GmemTiledCopy covers kGmemRowsPerPass rows; a thread copies kKvRowsPerThread rows of a
+  // K/V tile: kGmemRowsPerPass apart, starting at its tid / kGmemThreadsPerRow.
+  static constexpr int kGmemRowsPerPass = kThreads / kGmemThreadsPerRow;
+  static constexpr int kKvRowsPerThread = kBlockN / kGmemRowsPerPass;
+  static_assert(kBlockN % kGmemRowsPerPass == 0 && kKvRowsPerThread % 2 == 0,
+                "a thread's key rows must fill whole 16-byte reads of the row table");
   using GmemTiledCopy = decltype(cute::make_tiled_copy(
       cute::Copy_Atom<cute::UniversalCopy<cute::uint128_t>, Element>{},
       cute::Layout<cute::Shape<cute::Int<kThreads / kGmemThreadsPerRow>, cute::Int<kGmemThreadsPerRow>>,
@@ -71,9 +80,9 @@ struct Sm80Traits {
 
   struct SharedStorage {
     alignas(128) Element q[cute::cosize_v<SmemLayoutQ>];  // also stages O in the epilogue
-    alignas(128) Element k[cute::cosize_v<SmemLayoutKV>];
+    alignas(128) Element k[kKStages][cute::cosize_v<SmemLayoutKV>];
     alignas(128) Element v[cute::cosize_v<SmemLayoutKV>];
-    int64_t kv_row_offset[2][kBlockN];  // element offsets of the key rows of this tile and the next
+    alignas(16) int64_t kv_row_offset[kTableSlots][kBlockN];  // row tables of pending tiles (KvRowTable)
     RopePair rope[kHeadDim / 2];
   };
 };
@@ -82,6 +91,7 @@ struct Sm80Traits {
 template <class Element, int HeadDim, int Sm>
 using Sm80DefaultTraits =
     Sm80Traits<Element, HeadDim, tile_shape(HeadDim, Sm).block_m, tile_shape(HeadDim, Sm).block_n,
-               tile_shape(HeadDim, Sm).warps, tile_shape(HeadDim, Sm).min_ctas_per_sm>;
+               tile_shape(HeadDim, Sm).warps, tile_shape(HeadDim, Sm).min_ctas_per_sm,
+               tile_shape(HeadDim, Sm).k_stages>;
 
 }  // namespace fib::prefill

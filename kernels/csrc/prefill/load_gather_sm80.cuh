@@ -42,20 +42,32 @@ __device__ __forceinline__ void load_q_tile(const fib_attention_params& p, const
 
 // Element offsets of the key rows of one K/V tile (K and V share strides), written to shared
 // memory by the first BLK_N threads. Paged caches cost a page-id load per row: prefetch() issues it
-// a whole mainloop step before store() needs it.
-template <int BlockN>
+// a whole mainloop step before store() needs it. The rows one copy thread reads are stored next to
+// each other (slot()), so that it fetches all of them with 16-byte reads before its first copy:
+// one row at a time, each copy's address waited on a shared-memory load (measured on an H200, the
+// copy issue stalled on that latency eight times a step at head dim 128).
+template <class Traits>
 struct KvRowTable {
+  static constexpr int kRowsPerPass = Traits::kGmemRowsPerPass;
+  static constexpr int kRowsPerThread = Traits::kKvRowsPerThread;
   int32_t page_id = 0;
+
+  // Table position of key row `row`: the rows row % kRowsPerPass + i * kRowsPerPass are adjacent.
+  CUTE_HOST_DEVICE static int slot(int row) {
+    return row % kRowsPerPass * kRowsPerThread + row / kRowsPerPass;
+  }
 
   __device__ __forceinline__ void prefetch(const fib_attention_params& p, const WorkTile& t, int32_t tile_start,
                                            int tid) {
     const int32_t key = tile_start + tid;
-    if (p.kv_indices && tid < BlockN && key < t.kv_hi) page_id = p.kv_indices[t.kv_entry0 + key / p.page_size];
+    if (p.kv_indices && tid < Traits::kBlockN && key < t.kv_hi) {
+      page_id = p.kv_indices[t.kv_entry0 + key / p.page_size];
+    }
   }
 
   __device__ __forceinline__ void store(const fib_attention_params& p, const WorkTile& t, int32_t tile_start,
                                         int tid, int64_t* table) const {
-    if (tid >= BlockN) return;
+    if (tid >= Traits::kBlockN) return;
     const int32_t key = tile_start + tid;
     int64_t offset = int64_t(t.kv_head) * p.kv_stride_h;
     if (p.kv_indices) {
@@ -63,23 +75,32 @@ struct KvRowTable {
     } else {
       offset += int64_t(t.kv_entry0 + key) * p.kv_stride_n;
     }
-    table[tid] = key < t.kv_hi ? offset : 0;
+    table[slot(tid)] = key < t.kv_hi ? offset : 0;
   }
 };
 
-// K or V tile (BLK_N, D) into shared memory from the rows in `table`; rows >= num_valid are zero,
-// so that masked keys cannot bring NaN or Inf into P @ V.
+// K or V tile (BLK_N, D) into shared memory from the rows in `table` (KvRowTable's order); rows
+// >= num_valid are zero, so that masked keys cannot bring NaN or Inf into P @ V.
 template <class Traits, class SmemTensor, class Element>
 __device__ __forceinline__ void load_kv_tile(const Element* base, const int64_t* table, int num_valid,
                                              SmemTensor& sKV, int tid) {
   using namespace cute;
+  constexpr int kRows = Traits::kKvRowsPerThread;
   auto thr_copy = typename Traits::GmemTiledCopy{}.get_thread_slice(tid);
   Tensor tKsK = thr_copy.partition_D(sKV);  // (CPY, CPY_N, CPY_D)
   Tensor tKcK = thr_copy.partition_D(make_identity_tensor(make_shape(size<0>(sKV), size<1>(sKV))));
+  static_assert(decltype(size<1>(tKsK))::value == kRows, "a thread copies kKvRowsPerThread rows");
+  const int first_row = get<0>(tKcK(0, 0, 0));
+  int64_t offset[kRows];
   CUTE_UNROLL
-  for (int n = 0; n < size<1>(tKsK); ++n) {
+  for (int i = 0; i < kRows / 2; ++i) {
+    reinterpret_cast<longlong2*>(offset)[i] =
+        reinterpret_cast<const longlong2*>(table + KvRowTable<Traits>::slot(first_row))[i];
+  }
+  CUTE_UNROLL
+  for (int n = 0; n < kRows; ++n) {
     const int row = get<0>(tKcK(0, n, 0));
-    const Element* src = base + table[row];
+    const Element* src = base + offset[n];
     CUTE_UNROLL
     for (int d = 0; d < size<2>(tKsK); ++d) {
       fib::cp_async<16>(&tKsK(0, n, d), src + get<1>(tKcK(0, n, d)), row < num_valid);

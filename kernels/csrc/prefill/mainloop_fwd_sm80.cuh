@@ -74,24 +74,37 @@ struct MainloopFwdSm80 {
   static constexpr bool kRope = VariantT::kPos == PosEncoding::kRope;
   static constexpr bool kMaskHasLeftEdge = VariantT::kMask == MaskMode::kSlidingWindow;
 
+  static constexpr int kKStages = Traits::kKStages;
+
   // Key tiles start at t.kv_lo and are visited last to first, so the tiles that need per-element
   // checks (the partial tail, the causal diagonal) come first and the mainloop splits into runs of
   // checked and unchecked tiles, each a loop of its own with no mask code in the unchecked one.
-  // Pipeline per tile n (K[n] was issued one step earlier), with one K and one V buffer:
+  // Pipeline per tile n (K[n] was issued one step earlier), with one V buffer and one K buffer:
   //   wait K[n] | issue V[n] | S = Q K[n]^T, mask, softmax | wait V[n] | issue K[n - 1] | O += P V[n]
+  // or two K buffers, so that K[n - 1] has a whole step to land instead of the P V GEMM alone:
+  //   wait K[n] | issue V[n], K[n - 1] | S = Q K[n]^T, mask, softmax | wait V[n] | O += P V[n]
+  // The key rows' offsets (KvRowTable) of tile n - kKStages are written during step n.
   template <class FragO, class Softmax>
   __device__ static void run(const fib_attention_params& p, const WorkTile& t, SharedStorage& smem, FragO& tOrO,
                              Softmax& softmax, int tid) {
     using namespace cute;
     Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});    // (BLK_M, D)
-    Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutKV{});   // (BLK_N, D)
     Tensor sV = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutKV{});   // (BLK_N, D)
     Tensor sVt = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutVt{});  // (D, BLK_N)
     Tensor sVtNoSwizzle = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutVtNoSwizzle{});
+    auto k_buffer = [&](int n) {  // (BLK_N, D): where K[n] lands
+      return make_tensor(make_smem_ptr(smem.k[kKStages == 1 ? 0 : n & 1]), typename Traits::SmemLayoutKV{});
+    };
     const Element* k = static_cast<const Element*>(p.k);
     const Element* v = static_cast<const Element*>(p.v);
     const int num_tiles = t.num_kv_tiles(kBlockN);
     auto tile_start = [&](int n) { return t.kv_lo + n * kBlockN; };
+    auto row_table = [&](int n) { return smem.kv_row_offset[n % Traits::kTableSlots]; };
+    auto load_k = [&](int n) {
+      Tensor sK = k_buffer(n);
+      load_kv_tile<Traits>(k, row_table(n), t.kv_hi - tile_start(n), sK, tid);
+      fib::cp_async_commit();
+    };
 
     load_q_tile<Traits>(p, t, sQ, tid);
     fib::cp_async_commit();
@@ -100,12 +113,18 @@ struct MainloopFwdSm80 {
       return;
     }
     if constexpr (kRope) RopeTile<Traits>::fill(p, smem.rope, tid);
-    KvRowTable<kBlockN> table;
-    table.prefetch(p, t, tile_start(num_tiles - 1), tid);
-    table.store(p, t, tile_start(num_tiles - 1), tid, smem.kv_row_offset[(num_tiles - 1) & 1]);
+    // Row tables of the first kKStages tiles visited; each step then writes the one kKStages ahead.
+    KvRowTable<Traits> table;
+    CUTE_UNROLL
+    for (int i = 0; i < kKStages; ++i) {
+      const int n = num_tiles - 1 - i;
+      if (n >= 0) {
+        table.prefetch(p, t, tile_start(n), tid);
+        table.store(p, t, tile_start(n), tid, row_table(n));
+      }
+    }
     __syncthreads();
-    load_kv_tile<Traits>(k, smem.kv_row_offset[(num_tiles - 1) & 1], t.kv_hi - tile_start(num_tiles - 1), sK, tid);
-    fib::cp_async_commit();
+    load_k(num_tiles - 1);
     if constexpr (kRope) {
       fib::cp_async_wait<1>();  // Q has landed; K may still be in flight
       __syncthreads();
@@ -118,14 +137,13 @@ struct MainloopFwdSm80 {
     typename Traits::TiledMma tiled_mma;
     auto thr_mma = tiled_mma.get_thread_slice(tid);
     Tensor tSrQ = thr_mma.partition_fragment_A(sQ);            // (MMA, MMA_M, MMA_D)
-    Tensor tSrK = thr_mma.partition_fragment_B(sK);            // (MMA, MMA_N, MMA_D)
+    Tensor tSrK = thr_mma.partition_fragment_B(k_buffer(0));   // (MMA, MMA_N, MMA_D)
     Tensor tOrVt = thr_mma.partition_fragment_B(sVtNoSwizzle);  // (MMA, MMA_D, MMA_N)
     auto s2r_q = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
     auto s2r_thr_q = s2r_q.get_thread_slice(tid);
     Tensor tSsQ = s2r_thr_q.partition_S(sQ);
     auto s2r_k = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma);
     auto s2r_thr_k = s2r_k.get_thread_slice(tid);
-    Tensor tSsK = s2r_thr_k.partition_S(sK);
     auto s2r_v = make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);
     auto s2r_thr_v = s2r_v.get_thread_slice(tid);
     Tensor tOsVt = s2r_thr_v.partition_S(sVt);
@@ -139,33 +157,35 @@ struct MainloopFwdSm80 {
     auto step = [&](int n, auto check, auto first) __attribute__((always_inline)) {
       constexpr bool kCheck = decltype(check)::value;
       constexpr bool kFirst = decltype(first)::value;
-      const bool has_next = n > 0;
-      int64_t* next_table = smem.kv_row_offset[(n - 1) & 1];
-      if (has_next) table.prefetch(p, t, tile_start(n - 1), tid);
+      const int ahead = n - kKStages;  // the tile whose row table this step writes
+      if (ahead >= 0) table.prefetch(p, t, tile_start(ahead), tid);
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA, MMA_M, MMA_N)
       clear(acc_s);
 
       fib::cp_async_wait<0>();
-      __syncthreads();  // K[n] visible to all; every warp is done with V[n + 1]
-      load_kv_tile<Traits>(v, smem.kv_row_offset[n & 1], t.kv_hi - tile_start(n), sV, tid);
+      __syncthreads();  // K[n], row_table(n) (two stages: n - 1 too) visible; every warp is done with V[n + 1]
+      load_kv_tile<Traits>(v, row_table(n), t.kv_hi - tile_start(n), sV, tid);
       fib::cp_async_commit();
+      if (kKStages == 2 && n > 0) load_k(n - 1);  // into the buffer K[n + 1] left
+      Tensor sK = k_buffer(n);
       if constexpr (kRope) {
         RopeTile<Traits>::rotate_consecutive(sK, smem.rope, tid, tile_start(n));
         __syncthreads();
       }
 
-      gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, tiled_mma, s2r_q, s2r_k, s2r_thr_q, s2r_thr_k);
+      gemm_ss(acc_s, tSrQ, tSrK, tSsQ, s2r_thr_k.partition_S(sK), tiled_mma, s2r_q, s2r_k, s2r_thr_q, s2r_thr_k);
       Tensor s = rowcol_view(acc_s);
       apply_logits_and_mask<VariantT, kCheck>(p, t, s, tScS, tile_start(n));
       softmax.template update<kFirst>(s, o, scale_log2);
-      if (has_next) table.store(p, t, tile_start(n - 1), tid, next_table);
+      if (ahead >= 0) table.store(p, t, tile_start(ahead), tid, row_table(ahead));
 
-      fib::cp_async_wait<0>();
-      __syncthreads();  // V[n] visible to all; every warp is done with K[n]; next_table written
-      if (has_next) {
-        load_kv_tile<Traits>(k, next_table, t.kv_hi - tile_start(n - 1), sK, tid);
-        fib::cp_async_commit();
+      if (kKStages == 2 && n > 0) {
+        fib::cp_async_wait<1>();  // V[n]; K[n - 1] stays in flight
+      } else {
+        fib::cp_async_wait<0>();
       }
+      __syncthreads();  // V[n] visible to all; every warp is done with K[n]; row_table(ahead) written
+      if (kKStages == 1 && n > 0) load_k(n - 1);
       Tensor rP = convert_fragment<Element>(acc_s);
       Tensor tOrP = make_tensor(rP.data(), acc_as_a_operand_layout(rP.layout()));  // (MMA, MMA_M, MMA_N / 2)
       gemm_rs(tOrO, tOrP, tOrVt, tOsVt, tiled_mma, s2r_v, s2r_thr_v);
