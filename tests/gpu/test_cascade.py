@@ -75,9 +75,9 @@ def _plan_random_cascade(levels, samples, rng):
     return w, (k, v), groups, level_pages, level_lens, num_pages
 
 
-# Samples per prompt: up to 16 stack 64 rows of 32/8 heads, one decode CTA (the launch runs the 8-warp
-# decode kernel; 7 to 16 samples give 2 to 4 m-tiles, the last ones split over 2 key slices); 17 to 20
-# (68 to 80 rows) take the prefill kernel.
+# Samples per prompt: up to 16 stack 64 rows of 32/8 heads, one decode CTA (7 to 16 samples: 2 to 4
+# m-tiles, the shared-prefix shape of benchmarks/shared_prefix.py at n = 16); 17 to 20 (68 to 80 rows)
+# take the prefill kernel.
 @pytest.mark.parametrize(
     "samples", [(1, 6), (7, 16), (17, 20)], ids=["decode-stacked", "decode-stacked-wide", "prefill-stacked"]
 )

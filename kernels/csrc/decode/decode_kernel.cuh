@@ -87,11 +87,10 @@ __device__ __forceinline__ void stage_q(const fib_attention_params& p, const fib
   }
 }
 
-template <typename QT, typename KVT, int HeadDim, class Var, int Warps>
-__global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim, Warps>::kThreads,
-                                  DecodeTraits<QT, KVT, HeadDim, Warps>::kMinCtasPerSm)
+template <typename QT, typename KVT, int HeadDim, class Var>
+__global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
     decode_kernel(const __grid_constant__ fib_attention_params p) {
-  using Tr = DecodeTraits<QT, KVT, HeadDim, Warps>;
+  using Tr = DecodeTraits<QT, KVT, HeadDim>;
   using QN = typename Tr::QNative;
   constexpr bool kRope = Var::kPos == PosEncoding::kRope;
   extern __shared__ __align__(128) char smem[];
@@ -151,7 +150,7 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim, Warps>::kThread
   int64_t first[Tr::kStages][Tr::kLookupsPerThread], ahead[Tr::kLookupsPerThread];
   // Warp roles: m-tiles of 16 rows; the warps of one m-tile take every slices-th key slice.
   const int m_tiles = ceil_div(rows, 16);
-  const int slices = Tr::kWarps > Tr::kMaxSlices ? min(Tr::kWarps / m_tiles, Tr::kMaxSlices) : Tr::kWarps / m_tiles;
+  const int slices = Tr::kWarps / m_tiles;
   const int m_tile = warp % m_tiles, slice = warp / m_tiles;
   const bool active = slice < slices;
   const int r = lane / 4, c = lane % 4;
@@ -174,7 +173,7 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim, Warps>::kThread
 #pragma unroll
     for (int j = 0; j < Tr::kKSteps; ++j) load_q_step<Tr>(q_row0, c, j, qf[j]);
   }
-  // The warp's slices sit kSliceKeys * slices keys apart, across tiles too (slices divides kTileSlices).
+  // The warp's slices sit kSliceKeys * slices keys apart, across tiles too (kTileSlices % slices == 0).
   KeyRopeT key_rope;
   int rope_slices = 0;
   if constexpr (kRope) key_rope.seed(rope_table, c, float(kv_begin + slice * Tr::kSliceKeys + r));
@@ -288,50 +287,21 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim, Warps>::kThread
   }
 }
 
-// Stacked query rows (qo_indptr given, api.h) come only with variants without mask or positions;
-// only those get the 8-warp kernel.
-template <class Var>
-constexpr bool kStackable = Var::kMask == MaskMode::kNone && Var::kPos == PosEncoding::kNone;
-
-template <typename QT, typename KVT, int HeadDim, class Var, int Warps>
-cudaError_t launch_shape(const fib_attention_params* p, cudaStream_t stream) {
-  using Tr = DecodeTraits<QT, KVT, HeadDim, Warps>;
-  constexpr auto kernel = decode_kernel<QT, KVT, HeadDim, Var, Warps>;
+template <typename QT, typename KVT, int HeadDim, class Var>
+cudaError_t run(const fib_attention_params* p, cudaStream_t stream) {
+  using Tr = DecodeTraits<QT, KVT, HeadDim>;
+  if (p->num_work <= 0 || p->num_kv_heads <= 0) return cudaSuccess;
+  constexpr auto kernel = decode_kernel<QT, KVT, HeadDim, Var>;
   const cudaError_t err = configure_kernel<kernel>(Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
   return launch(kernel, unsigned(p->num_work) * unsigned(p->num_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream, *p);
 }
 
-// The CTA shape is chosen per launch: a launch with stacked query rows (a cascade's decode levels,
-// whose shared-prefix items hold up to 64 rows) runs 8 warps, ordinary decode (rows = one token's
-// GQA group) 4 warps. Measured in docs/PERFORMANCE.md ("8-warp decode CTAs for stacked rows").
-template <typename QT, typename KVT, int HeadDim, class Var>
-cudaError_t run(const fib_attention_params* p, cudaStream_t stream) {
-  if (p->num_work <= 0 || p->num_kv_heads <= 0) return cudaSuccess;
-  if constexpr (kStackable<Var>) {
-    if (p->qo_indptr != nullptr) return launch_shape<QT, KVT, HeadDim, Var, kStackedWarps>(p, stream);
-  }
-  return launch_shape<QT, KVT, HeadDim, Var, kBaseWarps>(p, stream);
-}
-
-// The 4-warp kernel's shape; where the 8-warp kernel exists, CTAs per SM is the smaller of the two
-// (the scheduler's slots must hold for either launch).
 template <typename QT, typename KVT, int HeadDim, class Var>
 cudaError_t info(fib_kernel_info* info) {
-  using Tr = DecodeTraits<QT, KVT, HeadDim, kBaseWarps>;
-  cudaError_t err = fill_kernel_info<decode_kernel<QT, KVT, HeadDim, Var, kBaseWarps>>(
-      info, Tr::kThreads, Tr::kSmemBytes, Tr::kTileQ, Tr::kTileKv);
-  if constexpr (kStackable<Var>) {
-    using Ts = DecodeTraits<QT, KVT, HeadDim, kStackedWarps>;
-    static_assert(Ts::kTileQ == Tr::kTileQ && Ts::kTileKv == Tr::kTileKv, "both shapes plan alike");
-    fib_kernel_info stacked;
-    if (err == cudaSuccess) {
-      err = fill_kernel_info<decode_kernel<QT, KVT, HeadDim, Var, kStackedWarps>>(
-          &stacked, Ts::kThreads, Ts::kSmemBytes, Ts::kTileQ, Ts::kTileKv);
-    }
-    if (err == cudaSuccess && stacked.ctas_per_sm < info->ctas_per_sm) info->ctas_per_sm = stacked.ctas_per_sm;
-  }
-  return err;
+  using Tr = DecodeTraits<QT, KVT, HeadDim>;
+  return fill_kernel_info<decode_kernel<QT, KVT, HeadDim, Var>>(info, Tr::kThreads, Tr::kSmemBytes, Tr::kTileQ,
+                                                                Tr::kTileKv);
 }
 
 }  // namespace fib::decode

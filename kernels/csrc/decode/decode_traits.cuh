@@ -14,17 +14,9 @@ namespace fib::decode {
 // 64 KB of loads in flight per CTA and let two CTAs share an SM (2 x ~100 KB of 228 KB).
 constexpr int kPipelineBudgetBytes = 96 * 1024;
 
-// Warps per CTA: 4 for ordinary decode (a few rows per work item; the warps split the keys), 8 for
-// launches with stacked query rows (a cascade's shared level: up to 64 rows, 4 m-tiles of 16, which
-// 4 warps would each run over every key; 8 warps run them as 4 m-tiles x 2 key slices). Both shapes
-// keep the same KV tile, pipeline and 64 rows per CTA, so they use the same shared memory.
-constexpr int kBaseWarps = 4;
-constexpr int kStackedWarps = 8;
-
-template <typename QT, typename KVT, int HeadDim, int Warps = kBaseWarps>
+template <typename QT, typename KVT, int HeadDim>
 struct DecodeTraits {
   static_assert(HeadDim == 64 || HeadDim == 128 || HeadDim == 256, "decode is built for head dims 64, 128, 256");
-  static_assert(Warps == kBaseWarps || Warps == kStackedWarps, "decode CTAs have 4 or 8 warps");
 
   using QNative = native_t<QT>;
   using KvType = KVT;
@@ -47,24 +39,20 @@ struct DecodeTraits {
   static constexpr int kChunkWords = kChunkBytes / 4;
   static_assert(kChunks == 8 || kChunks == 16 || kChunks == 32, "8 to 32 chunks per row");
 
-  static constexpr int kWarps = Warps;
+  static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kSliceKeys = 16;  // keys per warp step: k of the P V mma
   // Keys per pipeline stage: 16 KB of K (and of V) per stage wherever that is at least a slice per
-  // warp of the 4-warp shape. Each tile iteration carries fixed latencies (a barrier, the page
-  // lookups it publishes), so a smaller tile for fp8 (half the bytes per key) capped fp8 at ~77% of
-  // the copy bandwidth on an H100 where bf16 with the same key count reached 100%.
+  // warp. Each tile iteration carries fixed latencies (a barrier, the page lookups it publishes),
+  // so a smaller tile for fp8 (half the bytes per key) capped fp8 at ~77% of the copy bandwidth
+  // on an H100 where bf16 with the same key count reached 100%.
   static constexpr int kTileBytes = 16 * 1024;
-  static constexpr int kTileKv = kTileBytes / kRowBytes < kSliceKeys * kBaseWarps       ? kSliceKeys * kBaseWarps
-                                 : kTileBytes / kRowBytes > 4 * kSliceKeys * kBaseWarps ? 4 * kSliceKeys * kBaseWarps
-                                                                                        : kTileBytes / kRowBytes;
+  static constexpr int kTileKv = kTileBytes / kRowBytes < kSliceKeys * kWarps   ? kSliceKeys * kWarps
+                                 : kTileBytes / kRowBytes > 4 * kSliceKeys * kWarps ? 4 * kSliceKeys * kWarps
+                                                                                  : kTileBytes / kRowBytes;
   static constexpr int kTileSlices = kTileKv / kSliceKeys;
-  // The warps of one m-tile take every slices-th key slice, slices = min(kWarps / m_tiles,
-  // kMaxSlices); it must divide kTileSlices so that a warp's slices continue evenly across tiles
-  // (all powers of two). Where an 8-warp CTA has a single m-tile and a tile of 4 slices, 4 warps idle.
-  static constexpr int kMaxSlices = kWarps < kTileSlices ? kWarps : kTileSlices;
-  static_assert(kTileSlices % kBaseWarps == 0, "a warp's slices (every 1, 2 or 4) continue evenly across tiles");
-  static constexpr int kTileQ = 16 * kBaseWarps;  // packed query rows per CTA: 4 m-tiles, in both shapes
+  static_assert(kTileSlices % kWarps == 0, "a warp's slices (every 1, 2 or 4) continue evenly across tiles");
+  static constexpr int kTileQ = 16 * kWarps;             // packed query rows per CTA: one m-tile per warp at most
 
   // Lane (r, c) = (lane / 4, lane % 4) reads, of key row r, chunks c + 4m (Q K^T), and of value
   // rows 2c, 2c+1, 2c+8, 2c+9, chunks r * kVChunksPerLane + p (P V): see warp_mma_sm80.cuh.
@@ -79,7 +67,6 @@ struct DecodeTraits {
                                  : kPipelineBudgetBytes / kStageBytes > 4 ? 4
                                                                           : kPipelineBudgetBytes / kStageBytes;
   static constexpr int kRowsPerLoader = kTileKv * kChunks / kThreads;  // key rows each thread copies per tile
-  static_assert(kTileKv * kChunks % kThreads == 0, "every thread copies the same number of chunks per tile");
   static constexpr int kLookupsPerThread = ceil_div(kTileKv, kThreads);  // page lookups per thread per tile
   static constexpr int kOffsetSlots = kStages + 1;  // tiles whose row offsets are held (see decode_kernel.cuh)
 
@@ -104,12 +91,6 @@ struct DecodeTraits {
   static constexpr int kRopeBytes = HeadDim / 2 * 3 * 8;
   static constexpr int kSmemBytes = kRopeAt + kRopeBytes;
   static_assert(!kQInRegisters || kQBytes <= kStageBytes, "staged Q must fit in one pipeline stage");
-
-  // CTAs per SM that __launch_bounds__ asks the register allocator to make room for: the 8-warp
-  // shape keeps two per SM (as the 4-warp shape has) where an sm_90 SM's shared memory (228 KB, 1 KB
-  // reserved a CTA) holds two, which needs at most 128 registers a thread, so that a launch of both
-  // prefix and suffix work items stays one wave.
-  static constexpr int kMinCtasPerSm = kWarps == kStackedWarps && 2 * (kSmemBytes + 1024) <= 228 * 1024 ? 2 : 0;
 
   // XOR swizzle of a row's 16-byte chunk index (bits 0-2) so that every shared-memory access of
   // a warp phase hits distinct banks: the cp.async writes (8 consecutive chunks of one row), the
