@@ -127,6 +127,19 @@ PLAN_MAX_FACTORS = 8
 ) = range(12)
 
 
+# The staging buffer's slots, in plan_api.h's order: PlanConfig.at_<slot> is each one's offset, and
+# PLAN_SLOT_OVER errors name the slot by its index here.
+PLAN_SLOTS = (
+    "work",
+    "merge_indptr",
+    "merge_indices",
+    "kv_indptr",
+    "kv_last_page_len",
+    "kv_indices",
+    "qo_indptr",
+)
+
+
 class PlanConfig(C.Structure):
     _fields_ = [
         *((name, C.c_int32) for name in ("num_qo_heads", "num_kv_heads", "page_size", "window_left")),
@@ -136,18 +149,7 @@ class PlanConfig(C.Structure):
             (name, C.c_int32)
             for name in ("cap_batch", "cap_tokens", "cap_work_items", "cap_partial_rows", "cap_pages")
         ),
-        *(
-            (f"at_{name}", C.c_int32)
-            for name in (
-                "work",
-                "merge_indptr",
-                "merge_indices",
-                "kv_indptr",
-                "kv_last_page_len",
-                "kv_indices",
-                "qo_indptr",
-            )
-        ),
+        *((f"at_{name}", C.c_int32) for name in PLAN_SLOTS),
         *(
             (name, C.c_double)
             for name in (

@@ -17,15 +17,6 @@ import numpy as np
 
 from . import abi, scheduler
 
-_SLOT_NAMES = (
-    "work",
-    "merge_indptr",
-    "merge_indices",
-    "kv_indptr",
-    "kv_last_page_len",
-    "kv_indices",
-    "qo_indptr",
-)
 _MASKS = {"none": 0, "custom": 0, "causal": 1, "sliding_window": 2}  # plan_api.h fib_plan_config.mask
 _ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2
 
@@ -125,7 +116,7 @@ def config(
         cap_work_items=cap.work_items,
         cap_partial_rows=cap.partial_rows,
         cap_pages=cap.pages,
-        **{f"at_{name}": slots[name][0] for name in _SLOT_NAMES},
+        **{f"at_{name}": slots[name][0] for name in abi.PLAN_SLOTS},
         item_overhead=cost.item_overhead,
         solo_speedup=cost.solo_speedup,
         wave_fill=cost.wave_fill,
@@ -149,7 +140,7 @@ def error(result: abi.PlanResult) -> Exception:
     if code == abi.PLAN_ITEMS_OVER:
         return scheduler.items_over_capacity(a, b)
     if code == abi.PLAN_SLOT_OVER:
-        return scheduler.slot_overflow(_SLOT_NAMES[a], b, c)
+        return scheduler.slot_overflow(abi.PLAN_SLOTS[a], b, c)
     if code == abi.PLAN_CUDA:
         from .loader import KernelLaunchError, describe_cuda_error
 

@@ -117,16 +117,7 @@ def _check_scalars(
 
 def check_knobs(variant: Variant, kn: dict, num_qo_heads: int) -> None:
     """Plan-time checks of the variant's scalars (ops.prepare_attention repeats them with the tensors)."""
-    _check_scalars(
-        variant,
-        kn["sm_scale"],
-        kn["logits_soft_cap"],
-        kn["rope_scale"],
-        kn["rope_theta"],
-        kn["k_scale"],
-        kn["v_scale"],
-        kn["window_left"],
-    )
+    _check_scalars(variant, *_knob_values(kn))
     slopes = kn["alibi_slopes"]
     if (variant.pos == "alibi") != (slopes is not None):
         raise InvalidArgument("alibi_slopes go with pos='alibi' and only with it")

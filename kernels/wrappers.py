@@ -87,8 +87,10 @@ class BatchDecodeWrapper:
         v_scale: float = 1.0,
         split_kv: bool = True,
     ) -> None:
-        """Plan a batch. kv_indptr [batch + 1] (pages), kv_indices, kv_last_page_len [batch]: int32 CPU
-        tensors, lists or arrays (CUDA tensors work too, at the price of a device-to-host copy)."""
+        """Plan a batch. kv_indptr [batch + 1] (pages) and kv_last_page_len [batch]: int32 CPU tensors,
+        lists or arrays (CUDA tensors work too, at the price of a device-to-host copy). kv_indices
+        [kv_indptr[-1]]: an int32 CUDA tensor is read in place (the fast path; a CUDA-graph wrapper
+        copies it into its workspace), host ones are copied into the workspace with the plan."""
         check_heads(num_qo_heads, num_kv_heads)
         variant = variant_for("decode", q_dtype, kv_dtype, head_dim, mask, pos, logits_soft_cap)
         self._engine.plan(
@@ -176,7 +178,8 @@ class BatchPrefillWrapper:
         """Plan a batch. qo_indptr [batch + 1] (tokens); kv_indptr [batch + 1]: pages (paged, with
         kv_indices and kv_last_page_len) or tokens (ragged). Query i of a request of q_len queries over
         kv_len keys sits at position kv_len - q_len + i (causal aligned to the end). custom_mask: bool,
-        every request's [q_len, kv_len] mask flattened and concatenated."""
+        every request's [q_len, kv_len] mask flattened and concatenated. Index arrays as for
+        BatchDecodeWrapper.plan."""
         check_heads(num_qo_heads, num_kv_heads)
         if not self._engine.paged and (kv_indices is not None or kv_last_page_len is not None):
             raise InvalidArgument("a ragged-KV wrapper (paged=False) takes no kv_indices or kv_last_page_len")

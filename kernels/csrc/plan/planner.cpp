@@ -228,6 +228,23 @@ struct Stager {
   }
 };
 
+// out[0, n) = in[0, n), then out[n, total) repeats the last value (graph-mode padding: empty requests).
+void copy_padded(int32_t* out, const int32_t* in, int64_t n, int64_t total) {
+  std::memcpy(out, in, n * sizeof(int32_t));
+  std::fill(out + n, out + total, n ? in[n - 1] : 0);
+}
+
+void set_result(fib_plan_result* r, int64_t tokens, int64_t merge_entries, int64_t items, int64_t grid,
+                int64_t merge_indptr_len, int64_t partial_rows, int64_t staged_words) {
+  r->num_tokens = static_cast<int32_t>(tokens);
+  r->num_merge_entries = static_cast<int32_t>(merge_entries);
+  r->num_items = static_cast<int32_t>(items);
+  r->grid = static_cast<int32_t>(grid);
+  r->merge_indptr_len = static_cast<int32_t>(merge_indptr_len);
+  r->num_partial_rows = static_cast<int32_t>(partial_rows);
+  r->upload_bytes = staged_words * 4;
+}
+
 }  // namespace
 
 extern "C" int fib_plan_decode(const fib_plan_config* config, const int32_t* kv_indptr,
@@ -310,19 +327,10 @@ extern "C" int fib_plan_decode(const fib_plan_config* config, const int32_t* kv_
   }
   write_padding(work, num_items, grid);
   std::fill(merge_indptr + batch + 1, merge_indptr + merge_len, merge_indptr[batch]);
-  std::memcpy(indptr_out, kv_indptr, (batch + 1) * sizeof(int32_t));
-  std::fill(indptr_out + batch + 1, indptr_out + rows, kv_indptr[batch]);
-  std::memcpy(last_out, kv_last_page_len, batch * sizeof(int32_t));
-  std::fill(last_out + batch, last_out + rows - 1, batch ? kv_last_page_len[batch - 1] : 0);
+  copy_padded(indptr_out, kv_indptr, batch + 1, rows);
+  copy_padded(last_out, kv_last_page_len, batch, rows - 1);
   if (indices_out) std::memcpy(indices_out, kv_indices, num_indices * sizeof(int32_t));
-
-  r->num_tokens = static_cast<int32_t>(batch);
-  r->num_merge_entries = static_cast<int32_t>(num_rows);
-  r->num_items = static_cast<int32_t>(num_items);
-  r->grid = static_cast<int32_t>(grid);
-  r->merge_indptr_len = static_cast<int32_t>(merge_len);
-  r->num_partial_rows = static_cast<int32_t>(num_rows);
-  r->upload_bytes = s.end * 4;
+  set_result(r, batch, num_rows, num_items, grid, merge_len, num_rows, s.end);
   return FIB_PLAN_OK;
 }
 
@@ -621,22 +629,12 @@ extern "C" int fib_plan_prefill(const fib_plan_config* config, const int32_t* qo
   }
   write_padding(work, num_items, grid);
   std::fill(merge_indptr + num_tokens + 1, merge_indptr + merge_len, merge_indptr[num_tokens]);
-  auto copy_padded = [](int32_t* out, const int32_t* in, int64_t n, int64_t total) {
-    std::memcpy(out, in, n * sizeof(int32_t));
-    std::fill(out + n, out + total, n ? in[n - 1] : 0);
-  };
   copy_padded(indptr_out, kv_indptr, batch + 1, rows);
   if (kv_last_page_len) copy_padded(last_out, kv_last_page_len, batch, rows - 1);
   if (kv_indices) std::memcpy(indices_out, kv_indices, num_indices * sizeof(int32_t));
   copy_padded(qo_out, qo_indptr, batch + 1, rows);
 
-  r->num_tokens = static_cast<int32_t>(num_tokens);
-  r->num_merge_entries = static_cast<int32_t>(num_entries);
-  r->num_items = static_cast<int32_t>(num_items);
-  r->grid = static_cast<int32_t>(grid);
-  r->merge_indptr_len = static_cast<int32_t>(merge_len);
-  r->num_partial_rows = static_cast<int32_t>(num_rows);
-  r->upload_bytes = s.end * 4;
+  set_result(r, num_tokens, num_entries, num_items, grid, merge_len, num_rows, s.end);
   return FIB_PLAN_OK;
 }
 
