@@ -12,12 +12,6 @@ export PYTHONUNBUFFERED=1 COLUMNS=160 FLASHINFER_BUILD_PACK=${FLASHINFER_BUILD_P
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || exit 3
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 
-# Every variant the sm90a pack holds, as --only arguments (verify refuses selections it cannot run).
-mapfile -t only < <(python3 -c "
-import json, sys
-for v in json.load(open(sys.argv[1]))['variants']:
-    print('--only'); print(v['id'])" "$FLASHINFER_BUILD_PACK/sm90a/manifest.json")
-
 step() {  # name, seconds, command...
   local name=$1 seconds=$2
   shift 2
@@ -26,13 +20,13 @@ step() {  # name, seconds, command...
   echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
 }
 step gpu_tests 150 python3 -m pytest -q -x -m gpu tests/gpu
-step verify 70 flashinfer-build verify --preset default --arch sm90a "${only[@]}" --cases 2
+step verify 70 flashinfer-build verify --built --arch sm90a --cases 2
 step verify_sm80 40 flashinfer-build verify --preset ci --arch sm80 --cases 1
 step decode_latency 60 python3 benchmarks/decode_latency.py --quick --json "$OUT/decode_latency.json"
 step shared_prefix 40 python3 benchmarks/shared_prefix.py --n 1,4,16 --json "$OUT/shared_prefix.json"
 step prefill 50 python3 benchmarks/prefill.py --head-dims 128 --tokens 8192 --json "$OUT/prefill.json"
 step plan_time 40 python3 benchmarks/plan_time.py --gpu --json "$OUT/plan_time.json"
-step hooks 110 flashinfer-build bench --preset default --arch sm90a "${only[@]}" --workloads variants \
+step hooks 110 flashinfer-build bench --built --arch sm90a --workloads variants \
   --shape prefill:batch=1,tokens=4096,hd=128,causal=true --shape decode:batch=64,kv=8192 \
   --baselines sdpa-flash,flex --json "$OUT/hooks.json"
 

@@ -9,7 +9,7 @@ import click
 
 from ..wheelbuild.errors import ConfigError
 from .console import log, out
-from .options import selection_options
+from .options import built_option, selection_options
 from .verify import EnvironmentFailure, VerifyFailed, progress_bar, selected_variants
 
 WORKLOAD_HELP = (
@@ -20,6 +20,7 @@ WORKLOAD_HELP = (
 
 @click.command("bench")
 @selection_options
+@built_option
 @click.option("--workloads", help=WORKLOAD_HELP)
 @click.option(
     "--shape",
@@ -39,7 +40,7 @@ WORKLOAD_HELP = (
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report here.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write a CSV (one line a method).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Save a PNG of ours vs the peers.")
-def bench(workloads, shapes, baselines, cuda_graph, seed, json_path, csv_path, plot_path, **selection):
+def bench(workloads, shapes, baselines, cuda_graph, seed, json_path, csv_path, plot_path, built, **selection):
     """Time the selected variants on standard and user workloads, beside PyTorch SDPA and FlexAttention.
 
     Each method is checked against the reference before it is timed; times are CUDA-event medians over
@@ -73,7 +74,7 @@ def bench(workloads, shapes, baselines, cuda_graph, seed, json_path, csv_path, p
     packs = [p for p in loader.discover_packs() if p.fits(cc)]
     if not packs:
         raise EnvironmentFailure("no kernel pack fits this GPU: run flashinfer-build build, or install one")
-    variants = selected_variants(selection)
+    variants = selected_variants(selection, built)
     arch = _arch(packs, {v.arch for v in variants})
     selected = {v.id for v in variants if v.arch == arch}
     rows = [w for w in chosen if w.group == "user" or w.variant(arch).id in selected]

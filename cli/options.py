@@ -23,6 +23,16 @@ def selection_options(f):
     return f
 
 
+def built_option(f):
+    """--built (verify, bench): select from what the kernel packs hold instead of a preset."""
+    return click.option(
+        "--built",
+        is_flag=True,
+        help="Select the variants the kernel packs found here hold (FLASHINFER_BUILD_PACK, installed "
+        "wheels, ./build) instead of a preset; --only, --skip and --arch still filter.",
+    )(f)
+
+
 def build_options(f):
     """Selection plus the options of a build."""
     f = selection_options(f)

@@ -13,7 +13,7 @@ from rich.table import Table
 from ..variants import AXES, Variant
 from ..wheelbuild.errors import ConfigError, FlashinferBuildError
 from .console import log, out
-from .options import resolve_options, selection_options
+from .options import built_option, resolve_options, selection_options
 
 
 class VerifyFailed(FlashinferBuildError):
@@ -28,14 +28,43 @@ class EnvironmentFailure(FlashinferBuildError):
     exit_code = 2
 
 
-def selected_variants(selection: dict) -> list[Variant]:
-    """The variants --preset/--matrix/--only/--skip/--arch select (as `list` and `build` read them)."""
+def selected_variants(selection: dict, built: bool = False) -> list[Variant]:
+    """The variants --preset/--matrix/--only/--skip/--arch select (as `list` and `build` read them), or
+    with `built` (--built) the variants of the kernel packs found here that --only/--skip/--arch keep."""
     from ..wheelbuild.build import select_matrix
 
+    if built:
+        return _built_variants(selection)
     options = resolve_options(**selection)
     variants = list(select_matrix(options))
     if not variants:
         raise ConfigError("the selection matches no variant; check --preset/--matrix, --only, --skip, --arch")
+    return variants
+
+
+def _built_variants(selection: dict) -> list[Variant]:
+    from ..kernels import loader
+    from ..variants import Matrix, parse_id, select
+
+    if selection.get("preset") or selection.get("matrix"):
+        raise ConfigError("--built selects from the kernel packs: give no --preset or --matrix with it")
+    options = resolve_options(**selection)
+    try:
+        packs = loader.discover_packs()
+    except loader.PackError as e:
+        raise EnvironmentFailure(str(e)) from None
+    ids = dict.fromkeys(vid for pack in packs for vid in pack.variants)
+    try:
+        held = Matrix(tuple(parse_id(vid) for vid in ids))
+        variants = list(select(held, only=options.only, skip=options.skip, archs=options.archs))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not variants:
+        found = ", ".join(f"{p.arch} ({len(p.variants)} variants, {p.path})" for p in packs) or "none"
+        raise EnvironmentFailure(
+            "--built: no variant of the kernel packs found matches --only/--skip/--arch. "
+            f"Packs found: {found}"
+        )
     return variants
 
 
@@ -64,6 +93,7 @@ def _arch_twins_once(variants: list[Variant]) -> list[Variant]:
 
 @click.command("verify")
 @selection_options
+@built_option
 @click.option(
     "--device",
     type=click.Choice(["cuda", "cpu"]),
@@ -91,7 +121,7 @@ def _arch_twins_once(variants: list[Variant]) -> list[Variant]:
     is_flag=True,
     help="Also run one small case per kernel template under compute-sanitizer (memcheck, racecheck).",
 )
-def verify(device, cases, seed, factor, json_path, sanitize, **selection) -> None:
+def verify(device, cases, seed, factor, json_path, sanitize, built, **selection) -> None:
     """Check the selected variants against the float64 PyTorch reference on random cases.
 
     Exit code 0 when every variant passes, 1 when any fails, 2 when this machine cannot run the check
@@ -101,7 +131,7 @@ def verify(device, cases, seed, factor, json_path, sanitize, **selection) -> Non
 
     if sanitize and device == "cpu":
         raise ConfigError("--sanitize runs kernels: it needs --device cuda")
-    variants = selected_variants(selection)
+    variants = selected_variants(selection, built)
     seed = lib.new_seed() if seed is None else seed
     if device == "cpu":
         variants, gpu, packs, skipped = _arch_twins_once(variants), None, [], {}

@@ -82,3 +82,34 @@ def test_usage_errors_exit_2():
     assert main(["bench", "--baselines", "sdpa-math"]) == 2
     assert main(["bench", "--shape", "decode:batch=two"]) == 2
     assert main(["bench", "--workloads", "decode,nonsense"]) == 2
+
+
+@pytest.fixture
+def fake_pack(tmp_path, monkeypatch):
+    """A pack manifest holding three sm90a variants (no shared object: --device cpu never opens it)."""
+    from flashinfer_build.kernels import abi
+
+    pack = tmp_path / "pack" / "sm90a"
+    pack.mkdir(parents=True)
+    ids = ["merge_sm90a_bf16", "decode_sm90a_bf16_hd128", "prefill_sm90a_bf16_hd128_causal"]
+    manifest = {"abi_version": abi.ABI_VERSION, "arch": "sm90a", "variants": [{"id": i} for i in ids]}
+    (pack / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("FLASHINFER_BUILD_PACK", str(pack.parent))
+    return pack
+
+
+def test_built_selects_what_the_packs_hold_filtered_by_only(runner, fake_pack):
+    result = runner.invoke(
+        cli, ["verify", "--device", "cpu", "--built", "--only", "decode_*", "--cases", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "all 1 variants passed" in result.output and "decode_sm90a_bf16_hd128" in result.output
+    assert "prefill_" not in result.output
+
+
+def test_built_refuses_a_preset_and_an_empty_selection(fake_pack, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["verify", "--device", "cpu", "--built", "--preset", "ci"]) == 2
+    assert "give no --preset or --matrix" in " ".join(capsys.readouterr().err.split())
+    assert main(["verify", "--device", "cpu", "--built", "--arch", "sm80"]) == 2
+    assert "Packs found: sm90a (3 variants" in " ".join(capsys.readouterr().err.split())
