@@ -35,7 +35,23 @@ from .wrapper_engine import (
 )
 
 
-class BatchDecodeWrapper:
+class _BatchWrapper:
+    """What the batch wrappers share around their Engine."""
+
+    _engine: Engine
+
+    @property
+    def plan_info(self) -> scheduler.Plan:
+        """The scheduler's plan of the last plan() call (work list, chunk size, cost estimate)."""
+        return self._engine.plan_info
+
+    def launcher(self, q, k, v, out, lse=None):
+        """run()'s kernel launches for these tensors as a closure, valid until the next plan: what a
+        benchmark captures in a CUDA graph to time the kernels without host overhead."""
+        return self._engine.launcher(q, k, v, out, lse)
+
+
+class BatchDecodeWrapper(_BatchWrapper):
     """Batch decode over a paged KV cache: one query token per request."""
 
     def __init__(
@@ -57,11 +73,6 @@ class BatchDecodeWrapper:
             max_num_tokens=None,
             max_num_pages=max_num_pages,
         )
-
-    @property
-    def plan_info(self) -> scheduler.Plan:
-        """The scheduler's plan of the last plan() call (work list, chunk size, cost estimate)."""
-        return self._engine.plan_info
 
     def plan(
         self,
@@ -114,13 +125,8 @@ class BatchDecodeWrapper:
         k, v = split_cache(paged_kv_cache)
         return self._engine.run(q, k, v, out, lse, return_lse)
 
-    def launcher(self, q, k, v, out, lse=None):
-        """run()'s kernel launches for these tensors as a closure, valid until the next plan: what a
-        benchmark captures in a CUDA graph to time the kernels without host overhead."""
-        return self._engine.launcher(q, k, v, out, lse)
 
-
-class BatchPrefillWrapper:
+class BatchPrefillWrapper(_BatchWrapper):
     """Batch prefill / append: several query tokens per request over a paged or a ragged KV."""
 
     def __init__(
@@ -144,10 +150,6 @@ class BatchPrefillWrapper:
             max_num_tokens=max_num_tokens,
             max_num_pages=max_num_pages,
         )
-
-    @property
-    def plan_info(self) -> scheduler.Plan:
-        return self._engine.plan_info
 
     def plan(
         self,
@@ -206,10 +208,6 @@ class BatchPrefillWrapper:
         if v is None:
             k, v = split_cache(k)
         return self._engine.run(q, k, v, out, lse, return_lse)
-
-    def launcher(self, q, k, v, out, lse=None):
-        """run()'s kernel launches for these tensors as a closure, valid until the next plan."""
-        return self._engine.launcher(q, k, v, out, lse)
 
 
 def workspace_size(

@@ -228,6 +228,12 @@ struct Stager {
   }
 };
 
+// A config no planner call can serve (the Python side builds it, so this guards the ABI, not users).
+bool bad_config(const fib_plan_config& c, int64_t batch) {
+  return batch < 0 || c.num_split_factors < 0 || c.num_split_factors > FIB_PLAN_MAX_FACTORS || c.num_kv_heads < 1 ||
+         c.num_qo_heads % c.num_kv_heads || c.page_size < 1 || c.cta_tile_kv < 1;
+}
+
 // out[0, n) = in[0, n), then out[n, total) repeats the last value (graph-mode padding: empty requests).
 void copy_padded(int32_t* out, const int32_t* in, int64_t n, int64_t total) {
   std::memcpy(out, in, n * sizeof(int32_t));
@@ -253,10 +259,7 @@ extern "C" int fib_plan_decode(const fib_plan_config* config, const int32_t* kv_
   const fib_plan_config& c = *config;
   fib_plan_result* r = result;
   std::memset(r, 0, sizeof(*r));
-  if (batch < 0 || c.num_split_factors < 0 || c.num_split_factors > FIB_PLAN_MAX_FACTORS || c.num_kv_heads < 1 ||
-      c.num_qo_heads % c.num_kv_heads || c.page_size < 1 || c.cta_tile_kv < 1) {
-    return r->error = FIB_PLAN_BAD_CONFIG;
-  }
+  if (bad_config(c, batch)) return r->error = FIB_PLAN_BAD_CONFIG;
   thread_local Lengths len;
   len.windowed = false;
   if ((r->error = visible_keys(c, kv_indptr, kv_last_page_len, batch, num_indices, len, r))) return r->error;
@@ -531,10 +534,7 @@ extern "C" int fib_plan_prefill(const fib_plan_config* config, const int32_t* qo
   const fib_plan_config& c = *config;
   fib_plan_result* r = result;
   std::memset(r, 0, sizeof(*r));
-  if (batch < 0 || c.num_split_factors < 0 || c.num_split_factors > FIB_PLAN_MAX_FACTORS || c.num_kv_heads < 1 ||
-      c.num_qo_heads % c.num_kv_heads || c.page_size < 1 || c.cta_tile_kv < 1 || c.cta_tile_q < 1) {
-    return r->error = FIB_PLAN_BAD_CONFIG;
-  }
+  if (bad_config(c, batch) || c.cta_tile_q < 1) return r->error = FIB_PLAN_BAD_CONFIG;
   thread_local Batch b;
   if ((r->error = prefill_batch(c, qo_indptr, kv_indptr, kv_last_page_len, batch, num_indices, b))) return r->error;
   const int64_t num_tokens = qo_indptr[batch];
