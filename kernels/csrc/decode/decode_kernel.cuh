@@ -13,6 +13,8 @@
 #include <cuda_runtime.h>
 #include <math.h>
 
+#include <type_traits>
+
 #include "../api.h"
 #include "../common/convert.cuh"
 #include "../common/cp_async.cuh"
@@ -153,6 +155,11 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
   const int slices = Tr::kWarps / m_tiles;
   const int m_tile = warp % m_tiles, slice = warp / m_tiles;
   const bool active = slice < slices;
+  // Warps that share their m-tile with no more than one other warp (stacked rows: a cascade's
+  // shared level, or a GQA group of over 16 heads) take kWideSlices slices a step: more independent
+  // mma chains in flight and one softmax update per step, where a 16-key step leaves a warp stalled
+  // on its own latencies. RoPE keeps one slice a step (its key angles turn by one stride a step).
+  const bool wide = !kRope && m_tiles >= 2 && slices * Tr::kWideSlices <= Tr::kTileSlices;
   const int r = lane / 4, c = lane % 4;
   using KeyRopeT = KeyRope<Tr>;
   auto& rope_table = *reinterpret_cast<typename KeyRopeT::Table*>(smem + Tr::kRopeAt);
@@ -182,10 +189,12 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
   // fp16 reads kRealPerStored too small).
   const float k_scale = p.k_scale * kRealPerStored<Tr>;
   const float scale_log2 = Var::softmax_scale_log2(p);
+  const float logit_scale = k_scale * scale_log2;
   RowContext row_ctx[2] = {ctx, ctx};
 #pragma unroll
   for (int h = 0; h < 2; ++h) row_ctx[h].qo_head = kv_head * group + (item.qo_begin + m_tile * 16 + r + 8 * h) % group;
 
+  const LaneOffsets<Tr> at(lane);
   WarpState<Tr> st;
   init_state<Tr>(st);
 
@@ -207,30 +216,56 @@ __global__ void __launch_bounds__(DecodeTraits<QT, KVT, HeadDim>::kThreads)
     const int tile_pos = kv_begin + t * Tr::kTileKv;
     const char* s_k = smem + (t % Tr::kStages) * Tr::kStageBytes;
     const char* s_v = s_k + Tr::kTileKv * Tr::kRowBytes;
-    if (active) {
-      for (int ks = slice; ks < Tr::kTileSlices && tile_pos + ks * Tr::kSliceKeys < kv_end; ks += slices) {
-        const int key0 = ks * Tr::kSliceKeys;
-        float s[2][4];
-        qk_slice<Tr, kRope>(s_k, key0, lane, qf, q_row0, key_rope, rope_table, s);
-        if constexpr (kRope) {
-          if (++rope_slices % KeyRopeT::kReseedSlices == 0) {
-            key_rope.seed(rope_table, c, float(tile_pos + (ks + slices) * Tr::kSliceKeys + r));
+    // One step of a warp: kN consecutive slices from slice ks: S = Q K^T, the logits, one online
+    // softmax update over all kN * 16 keys, then O += P V.
+    const auto step = [&](auto slices_per_step, int ks) {
+      constexpr int kN = decltype(slices_per_step)::value;
+      float s[2 * kN][4];
+      qk_step<Tr, kRope>(s_k + ks * Tr::kSliceKeys * Tr::kRowBytes, at, lane, qf, q_row0, key_rope, rope_table, s);
+      if constexpr (kRope) {
+        static_assert(kN == 1, "RoPE turns the key angles by one slice stride a step");
+        if (++rope_slices % KeyRopeT::kReseedSlices == 0) {
+          key_rope.seed(rope_table, c, float(tile_pos + (ks + slices) * Tr::kSliceKeys + r));
+        } else {
+          key_rope.advance(rope_table, c);
+        }
+      }
+      const int key0 = tile_pos + ks * Tr::kSliceKeys;
+#pragma unroll
+      for (int n = 0; n < 2 * kN; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if constexpr (Var::kNeedsPerElementTransform) {
+            const int kv = key0 + 8 * n + 2 * c + (e & 1);
+            s[n][e] = Var::logits_transform(p, row_ctx[e >> 1], 0, kv, s[n][e] * k_scale) * scale_log2;
           } else {
-            key_rope.advance(rope_table, c);
+            s[n][e] *= logit_scale;
           }
         }
+      }
+      if (key0 + kN * Tr::kSliceKeys > kv_end) {  // the step runs past the request's last key
 #pragma unroll
-        for (int n = 0; n < 2; ++n) {
+        for (int n = 0; n < 2 * kN; ++n) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int kv = tile_pos + key0 + 8 * n + 2 * c + (e & 1);
-            float x = s[n][e] * k_scale;
-            if constexpr (Var::kNeedsPerElementTransform) x = Var::logits_transform(p, row_ctx[e >> 1], 0, kv, x);
-            s[n][e] = kv < kv_end ? x * scale_log2 : -INFINITY;
+            if (key0 + 8 * n + 2 * c + (e & 1) >= kv_end) s[n][e] = -INFINITY;
           }
         }
-        softmax_slice<Tr>(st, s);
-        pv_slice<Tr>(st, s_v, key0, lane, s);
+      }
+      softmax_step<Tr, 2 * kN>(st, s);
+#pragma unroll
+      for (int i = 0; i < kN; ++i) pv_slice<Tr>(st, s_v + (ks + i) * Tr::kSliceKeys * Tr::kRowBytes, at, s + 2 * i);
+    };
+    if (active) {
+      if (wide) {
+        constexpr int kN = kRope ? 1 : Tr::kWideSlices;  // (RoPE never takes wide steps)
+        for (int j = slice; j < Tr::kTileSlices / kN && tile_pos + j * kN * Tr::kSliceKeys < kv_end; j += slices) {
+          step(std::integral_constant<int, kN>{}, j * kN);
+        }
+      } else {
+        for (int ks = slice; ks < Tr::kTileSlices && tile_pos + ks * Tr::kSliceKeys < kv_end; ks += slices) {
+          step(std::integral_constant<int, 1>{}, ks);
+        }
       }
     }
     publish(t + Tr::kStages, ahead);

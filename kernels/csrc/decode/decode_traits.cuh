@@ -52,6 +52,12 @@ struct DecodeTraits {
                                                                                   : kTileBytes / kRowBytes;
   static constexpr int kTileSlices = kTileKv / kSliceKeys;
   static_assert(kTileSlices % kWarps == 0, "a warp's slices (every 1, 2 or 4) continue evenly across tiles");
+  // Slices a step for warps with stacked rows (decode_kernel.cuh): 4 (64 keys) where the output
+  // accumulators leave room for 8 n-tiles of S and their K chunks; 2 at head dim 256 (4 spill).
+  static constexpr int kWideSlices = HeadDim <= 128 ? 4 : 2;
+  static_assert(kTileSlices % kWideSlices == 0, "wide steps tile the KV tile");
+  // Slack of the online softmax's reference max, in log2 units (warp_mma_sm80.cuh, softmax_step).
+  static constexpr float kRescaleSlack = 8.0f;
   static constexpr int kTileQ = 16 * kWarps;             // packed query rows per CTA: one m-tile per warp at most
 
   // Lane (r, c) = (lane / 4, lane % 4) reads, of key row r, chunks c + 4m (Q K^T), and of value
@@ -108,6 +114,13 @@ struct DecodeTraits {
   __device__ __forceinline__ static int chunk_at(int row, int chunk) {
     return row * kRowBytes + (chunk ^ swizzle(row)) * kChunkBytes;
   }
+
+  // chunk_at(row + 8 * y, chunk ^ x) == moved(chunk_at(row, chunk), x, y) for any x < kChunks: the
+  // swizzle repeats every 8 rows and only permutes a row's chunks. The warps' loops address their
+  // reads from a few per-lane chunk_at values so (warp_mma_sm80.cuh, LaneOffsets) instead of
+  // recomputing the swizzle each step.
+  __device__ __forceinline__ static int moved(int at, int x, int y) { return (at ^ (x * kChunkBytes)) + y * 8 * kRowBytes; }
+  static_assert(kSliceKeys % 8 == 0, "slices start where the swizzle repeats");
 };
 
 }  // namespace fib::decode

@@ -142,71 +142,139 @@ struct KeyRope {
   }
 };
 
-// Lane (r, c)'s B words of key row `row` for all k-steps: word 2j and 2j+1 feed k-step j.
+// Lane (r, c)'s byte offsets in a K or V tile, computed once per CTA: K chunk c of row r (its Q K^T
+// reads are chunks c + 4m of rows r + 8t) and V chunk r * kVChunksPerLane of rows 2c and 2c + 1 (its
+// P V reads add chunks q and rows 8); every read of a step is one of these moved (decode_traits.cuh).
 template <class Tr>
-__device__ __forceinline__ void load_k_words(const char* s_k, int row, int c, uint32_t (&kw)[Tr::kKPairs]) {
-  constexpr int kPairsPerChunk = Tr::kChunkElems / 2;
-#pragma unroll
-  for (int m = 0; m < Tr::kKChunksPerLane; ++m) {
-    const auto w = Words<Tr::kChunkBytes>::load(s_k + Tr::chunk_at(row, c + 4 * m));
+struct LaneOffsets {
+  int k;
+  int v[2];
+
+  __device__ __forceinline__ explicit LaneOffsets(int lane) {
+    const int r = lane / 4, c = lane % 4;
+    k = Tr::chunk_at(r, c);
+    v[0] = Tr::chunk_at(2 * c, r * Tr::kVChunksPerLane);
+    v[1] = Tr::chunk_at(2 * c + 1, r * Tr::kVChunksPerLane);
+  }
+};
+
+// Lane (r, c)'s B words of chunk c + 4m of key row r + 8t (fp8 widened): words 2i, 2i + 1 feed
+// k-step m * kSteps + i.
+template <class Tr>
+struct KChunk {
+  static constexpr int kWords = Tr::kChunkElems / 2;
+  static constexpr int kSteps = kWords / 2;
+  uint32_t w[kWords];
+
+  __device__ __forceinline__ void load(const char* s_k, const LaneOffsets<Tr>& at, int m, int t) {
+    const auto raw = Words<Tr::kChunkBytes>::load(s_k + Tr::moved(at.k, 4 * m, t));
 #pragma unroll
     for (int q = 0; q < Tr::kChunkWords; ++q) {
       if constexpr (Tr::kFp8) {
-        Fp8Unpack<typename Tr::KvType>::to_half2x2(w.w[q], kw[m * kPairsPerChunk + 2 * q],
-                                                   kw[m * kPairsPerChunk + 2 * q + 1]);
+        Fp8Unpack<typename Tr::KvType>::to_half2x2(raw.w[q], w[2 * q], w[2 * q + 1]);
       } else {
-        kw[m * kPairsPerChunk + q] = w.w[q];
+        w[q] = raw.w[q];
       }
     }
   }
+};
+
+// Lane (r, c)'s B words of key row r + 8t for all k-steps: word 2j and 2j+1 feed k-step j.
+template <class Tr>
+__device__ __forceinline__ void load_k_words(const char* s_k, const LaneOffsets<Tr>& at, int t,
+                                             uint32_t (&kw)[Tr::kKPairs]) {
+  constexpr int kWords = KChunk<Tr>::kWords;
+#pragma unroll
+  for (int m = 0; m < Tr::kKChunksPerLane; ++m) {
+    KChunk<Tr> chunk;
+    chunk.load(s_k, at, m, t);
+#pragma unroll
+    for (int q = 0; q < kWords; ++q) kw[m * kWords + q] = chunk.w[q];
+  }
 }
 
-// S (16 rows x 16 keys of the slice starting at tile row `key0`) = Q K^T, raw dot products.
-// s[t] is n-tile t: s[t][0..1] = rows r, keys key0 + 8t + 2c + {0,1}; s[t][2..3] = row r + 8.
-template <class Tr, bool kRope>
-__device__ __forceinline__ void qk_slice(const char* s_k, int key0, int lane, const uint32_t (*qf)[4],
-                                         const char* q_row0, const KeyRope<Tr>& rope,
-                                         const typename KeyRope<Tr>::Table& rope_table, float (&s)[2][4]) {
+// S (16 rows x 8 kTiles keys from row 0 of `s_k`, a slice-aligned view of the K tile) = Q K^T,
+// raw dot products, into n-tiles s[t]: s[t][0..1] = row r, keys 8t + 2c + {0,1}; s[t][2..3] = row
+// r + 8. Without RoPE the n-tiles' mma chains are interleaved, k-step outer: a warp alone on its scheduler (a
+// cascade's stacked rows) otherwise waits out each mma's latency in turn, n-tile after n-tile.
+template <class Tr, bool kRope, int kTiles>
+__device__ __forceinline__ void qk_step(const char* s_k, const LaneOffsets<Tr>& at, int lane, const uint32_t (*qf)[4],
+                                        const char* q_row0, const KeyRope<Tr>& rope,
+                                        const typename KeyRope<Tr>::Table& rope_table, float (&s)[kTiles][4]) {
   using M = typename Tr::Math;
-  const int r = lane / 4, c = lane % 4;
+  const int c = lane % 4;
 #pragma unroll
-  for (int t = 0; t < 2; ++t) {
+  for (int t = 0; t < kTiles; ++t) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) s[t][e] = 0.0f;
-    const int row = key0 + 8 * t + r;
-    uint32_t kw[Tr::kKPairs];
-    load_k_words<Tr>(s_k, row, c, kw);
-    if constexpr (kRope) rope.rotate(kw, rope_table, c, t == 1);
+  }
+  // The A fragment of k-step j: kept in registers, or re-read from shared memory (head dim 256).
+  const auto q_fragment = [&](int j, uint32_t(&a)[4]) {
+    if constexpr (Tr::kQInRegisters) {
 #pragma unroll
-    for (int j = 0; j < Tr::kKSteps; ++j) {
-      const uint32_t b[2] = {kw[2 * j], kw[2 * j + 1]};
-      if constexpr (Tr::kQInRegisters) {
-        mma_m16n8k16<M>(s[t], qf[j], b);
-      } else {
+      for (int i = 0; i < 4; ++i) a[i] = qf[j][i];
+    } else {
+      load_q_step<Tr>(q_row0, c, j, a);
+    }
+  };
+  if constexpr (kRope) {
+    // A row is rotated whole (pairs span its two halves), so RoPE loads rows, not chunks, one
+    // n-tile at a time (both rows' words at once spill).
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) {
+      uint32_t kw[Tr::kKPairs];
+      load_k_words<Tr>(s_k, at, t, kw);
+      rope.rotate(kw, rope_table, c, t % 2 == 1);
+#pragma unroll
+      for (int j = 0; j < Tr::kKSteps; ++j) {
         uint32_t a[4];
-        load_q_step<Tr>(q_row0, c, j, a);
+        q_fragment(j, a);
+        const uint32_t b[2] = {kw[2 * j], kw[2 * j + 1]};
         mma_m16n8k16<M>(s[t], a, b);
       }
     }
+  } else {
+#pragma unroll
+    for (int m = 0; m < Tr::kKChunksPerLane; ++m) {
+      KChunk<Tr> kc[kTiles];
+#pragma unroll
+      for (int t = 0; t < kTiles; ++t) kc[t].load(s_k, at, m, t);
+#pragma unroll
+      for (int i = 0; i < KChunk<Tr>::kSteps; ++i) {
+        uint32_t a[4];
+        q_fragment(m * KChunk<Tr>::kSteps + i, a);
+#pragma unroll
+        for (int t = 0; t < kTiles; ++t) {
+          const uint32_t b[2] = {kc[t].w[2 * i], kc[t].w[2 * i + 1]};
+          mma_m16n8k16<M>(s[t], a, b);
+        }
+      }
+    }
   }
 }
 
-// Online softmax over one slice: s holds logits in the log2 domain (-inf where masked) and leaves
-// holding the unnormalized probabilities; o and l are rescaled to the new running max.
-template <class Tr>
-__device__ __forceinline__ void softmax_slice(WarpState<Tr>& st, float (&s)[2][4]) {
+// Online softmax over the kTiles n-tiles of one step (two per slice): s holds logits in the log2
+// domain (-inf where masked) and leaves holding the unnormalized probabilities; o and l are
+// rescaled to the new running max.
+template <class Tr, int kTiles>
+__device__ __forceinline__ void softmax_step(WarpState<Tr>& st, float (&s)[kTiles][4]) {
   float corr[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float mx = fmaxf(fmaxf(s[0][2 * h], s[0][2 * h + 1]), fmaxf(s[1][2 * h], s[1][2 * h + 1]));
+    float mx = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t) mx = fmaxf(mx, fmaxf(s[t][2 * h], s[t][2 * h + 1]));
     mx = warp_max<3>(mx);
-    const float m_new = fmaxf(st.m[h], mx);
+    // The reference max moves only when a logit passes it by more than kRescaleSlack (log2 units):
+    // probabilities up to 2^slack are exact enough in P's 16-bit type and o's fp32, and most steps
+    // then skip the rescale of o.
+    const float m_new = mx > st.m[h] + Tr::kRescaleSlack ? mx : st.m[h];
     const float m_ref = m_new == -INFINITY ? 0.0f : m_new;  // no key seen yet: keep exp2 finite
     corr[h] = fast_exp2(st.m[h] - m_ref);
     st.m[h] = m_new;
     st.l[h] *= corr[h];
 #pragma unroll
-    for (int t = 0; t < 2; ++t) {
+    for (int t = 0; t < kTiles; ++t) {
       s[t][2 * h] = fast_exp2(s[t][2 * h] - m_ref);
       s[t][2 * h + 1] = fast_exp2(s[t][2 * h + 1] - m_ref);
       st.l[h] += s[t][2 * h] + s[t][2 * h + 1];
@@ -225,22 +293,21 @@ __device__ __forceinline__ void softmax_slice(WarpState<Tr>& st, float (&s)[2][4
   }
 }
 
-// O += P V for the slice of 16 value rows starting at tile row `key0`.
+// O += P V for the slice of 16 value rows from row 0 of `s_v` (a slice-aligned view of the V
+// tile); p: its two n-tiles of P.
 template <class Tr>
-__device__ __forceinline__ void pv_slice(WarpState<Tr>& st, const char* s_v, int key0, int lane,
-                                         const float (&p)[2][4]) {
+__device__ __forceinline__ void pv_slice(WarpState<Tr>& st, const char* s_v, const LaneOffsets<Tr>& at,
+                                         const float (*p)[4]) {
   using M = typename Tr::Math;
-  const int r = lane / 4, c = lane % 4;
   const uint32_t a[4] = {pack2<M>(p[0][0], p[0][1]), pack2<M>(p[0][2], p[0][3]), pack2<M>(p[1][0], p[1][1]),
                          pack2<M>(p[1][2], p[1][3])};
-  const int row0 = key0 + 2 * c;  // value rows row0, row0 + 1 (k = 2c, 2c+1) and row0 + 8, row0 + 9
+  // Value rows 2c, 2c + 1 (k = 2c, 2c + 1) and 2c + 8, 2c + 9, chunk r * kVChunksPerLane + q.
 #pragma unroll
   for (int q = 0; q < Tr::kVChunksPerLane; ++q) {
-    const int chunk = r * Tr::kVChunksPerLane + q;
-    const auto w0 = Words<Tr::kChunkBytes>::load(s_v + Tr::chunk_at(row0, chunk));
-    const auto w1 = Words<Tr::kChunkBytes>::load(s_v + Tr::chunk_at(row0 + 1, chunk));
-    const auto w2 = Words<Tr::kChunkBytes>::load(s_v + Tr::chunk_at(row0 + 8, chunk));
-    const auto w3 = Words<Tr::kChunkBytes>::load(s_v + Tr::chunk_at(row0 + 9, chunk));
+    const auto w0 = Words<Tr::kChunkBytes>::load(s_v + Tr::moved(at.v[0], q, 0));
+    const auto w1 = Words<Tr::kChunkBytes>::load(s_v + Tr::moved(at.v[1], q, 0));
+    const auto w2 = Words<Tr::kChunkBytes>::load(s_v + Tr::moved(at.v[0], q, 1));
+    const auto w3 = Words<Tr::kChunkBytes>::load(s_v + Tr::moved(at.v[1], q, 1));
 #pragma unroll
     for (int x = 0; x < Tr::kChunkWords; ++x) {
       if constexpr (Tr::kFp8) {
