@@ -4,11 +4,12 @@
 // It runs right after the split attention kernel, so its time adds to the whole step's latency: the
 // kernel is built for few dependent memory round trips rather than few threads. One CTA per (row,
 // head): every warp reads the row's state indices and lse once (the lanes in parallel) and turns
-// them into softmax weights; warp w then loads states w * kStatesPerWarp .. of each group of 32
-// together (each lane a float4 slice of the head dim, 16-byte coalesced), so up to 32 states cost
-// one round trip instead of one per kUnroll states of a single warp; the warps' sums meet in
-// shared memory. Measured on an H100 (batch 1 x 32k split into 32 chunks, graph replays of the merge
-// alone): 5.5-5.9 us with one warp per (row, head) and 8 states per round trip, 2.9-3.0 us so.
+// them into softmax weights, while warp w loads the o of states w * kStatesPerWarp .. of each group
+// of 32 (each lane a float4 slice of the head dim, 16-byte coalesced): up to 32 states cost one
+// round trip after the attention kernel ends; the warps' sums meet in shared memory. Measured on
+// an H100 (batch 1 x 32k split into 32 chunks, graph replays of the merge alone): 5.5-5.9 us with
+// one warp per (row, head) and 8 states per round trip, 2.9-3.0 us with the o loads behind the lse
+// loads.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -51,12 +52,41 @@ __global__ void __launch_bounds__(kThreads) merge_states_kernel(const fib_merge_
   const int begin = p.merge_indptr[row], end = p.merge_indptr[row + 1];
   if (begin >= end) return;  // rows with no state are left untouched (api.h)
 
-  // Lane i holds state begin + i of the first group of 32 (kept for the accumulation below) and
-  // takes part in the max over the others.
+  // Lane i holds state begin + i of each group of 32 states; warp w loads the o slices of the
+  // group's states w * kStatesPerWarp .. (each lane a float4 of the head dim, 16-byte coalesced).
+  // The loads need only the merge index, not the weights: the first group's o goes out together
+  // with its lse, one round trip after the wait instead of two. A slot past the end reads the
+  // row's first state instead; its weight is 0 and the select below drops it, as it drops an empty
+  // state (lse = -inf), whatever its o holds.
   int64_t first_state = 0;
   if (begin + lane < end) first_state = p.merge_indices[begin + lane];
+  const int64_t fallback = __shfl_sync(kFullWarp, first_state, 0);
+  const int slices = p.head_dim / 4;
+  const float4* src[kStatesPerWarp];
+  float4 x[kStatesPerWarp][kMaxDimSlices];
+  const auto find_group = [&](int base, int64_t state) {
+#pragma unroll
+    for (int u = 0; u < kStatesPerWarp; ++u) {
+      const int j = warp * kStatesPerWarp + u;
+      const int64_t sj = __shfl_sync(kFullWarp, state, j);
+      src[u] = reinterpret_cast<const float4*>(p.partial_o + ((base + j < end ? sj : fallback) * p.num_heads + head) *
+                                                                 p.head_dim);
+    }
+  };
+  const auto load_group = [&] {
+#pragma unroll
+    for (int u = 0; u < kStatesPerWarp; ++u) {
+#pragma unroll
+      for (int s = 0; s < kMaxDimSlices; ++s) {
+        x[u][s] = lane + 32 * s < slices ? load_streaming(src[u] + lane + 32 * s) : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+    }
+  };
+  find_group(begin, first_state);
   wait_for_previous_grid();  // the partial states are the previous kernel's output
+  load_group();
   const float first_lse = begin + lane < end ? p.partial_lse[first_state * p.num_heads + head] : -INFINITY;
+  asm volatile("" ::: "memory");  // keeps the o loads above ahead of the first use of an lse
   float m = first_lse;
   for (int i = begin + 32 + lane; i < end; i += 32) {
     m = fmaxf(m, p.partial_lse[int64_t(p.merge_indices[i]) * p.num_heads + head]);
@@ -65,44 +95,26 @@ __global__ void __launch_bounds__(kThreads) merge_states_kernel(const fib_merge_
   // Every state empty (lse = -inf): the merged row saw no key either.
   const float m_ref = m == -INFINITY ? 0.0f : m;
 
-  const int slices = p.head_dim / 4;
   float4 acc[kMaxDimSlices] = {};
   float total = 0.0f;
   for (int base = begin; base < end; base += 32) {
-    int64_t state = first_state;
     float lse = first_lse;
     if (base != begin) {
-      state = 0, lse = -INFINITY;
+      int64_t state = 0;
+      lse = -INFINITY;
       if (base + lane < end) {
         state = p.merge_indices[base + lane];
         lse = p.partial_lse[state * p.num_heads + head];
       }
+      find_group(base, state);
+      load_group();
+      asm volatile("" ::: "memory");
     }
     const float w = fast_exp(lse - m_ref);  // 0 past the end (lse = -inf)
     total += w;
-    // This warp's states of the group: all their loads go out before the first is used (the
-    // compiler otherwise interleaves them with the sums, two states per round trip). An empty
-    // state (lse = -inf, w = 0) adds nothing, whatever its o holds: its slot reads the row's first
-    // state instead, and the select below drops it.
-    const int64_t fallback = __shfl_sync(kFullWarp, first_state, 0);
-    float wj[kStatesPerWarp];
-    float4 x[kStatesPerWarp][kMaxDimSlices];
 #pragma unroll
     for (int u = 0; u < kStatesPerWarp; ++u) {
-      const int j = warp * kStatesPerWarp + u;
-      wj[u] = __shfl_sync(kFullWarp, w, j);
-      const int64_t sj = __shfl_sync(kFullWarp, state, j);
-      const int64_t at = ((wj[u] != 0.0f ? sj : fallback) * p.num_heads + head) * p.head_dim;
-      const float4* src = reinterpret_cast<const float4*>(p.partial_o + at);
-#pragma unroll
-      for (int s = 0; s < kMaxDimSlices; ++s) {
-        x[u][s] = lane + 32 * s < slices ? load_streaming(src + lane + 32 * s) : make_float4(0.f, 0.f, 0.f, 0.f);
-      }
-    }
-    asm volatile("" ::: "memory");  // keeps every load above ahead of the first sum
-#pragma unroll
-    for (int u = 0; u < kStatesPerWarp; ++u) {
-      const float f = wj[u];
+      const float f = __shfl_sync(kFullWarp, w, warp * kStatesPerWarp + u);
 #pragma unroll
       for (int s = 0; s < kMaxDimSlices; ++s) {
         const float4 v = f != 0.0f ? x[u][s] : make_float4(0.f, 0.f, 0.f, 0.f);
