@@ -11,7 +11,7 @@ import ctypes as C
 ABI_VERSION = 2
 # Launch flags (api.h): inputs in place before the previous kernel in the stream started, which an
 # sm_90 kernel then reads before waiting for that kernel.
-INDEX_READY = 1  # work, kv_indptr, kv_last_page_len; merge_indptr, merge_indices
+INDEX_READY = 1  # work, qo_indptr, kv_indptr, kv_last_page_len; merge_indptr, merge_indices
 PAGES_READY = 2  # kv_indices
 
 _p = C.c_void_p

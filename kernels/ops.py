@@ -158,9 +158,10 @@ def prepare_attention(
     (HND) with kv_indices, or ragged [total_kv, Hkv, D] without; work int32 [num_work, 6]. qo_indptr:
     prefill's [batch + 1] token offsets; for decode None (one query per request) or, with a variant
     without mask or positions, each request's first query token (stacked queries, api.h).
-    index_ready (work, kv_indptr, kv_last_page_len) and pages_ready (kv_indices) promise that those
-    arrays are written before the kernel preceding each launch in the stream starts (by plan, say):
-    on sm_90 the kernel then reads them while that kernel still runs (api.h, FIB_INDEX_READY)."""
+    index_ready (work, qo_indptr, kv_indptr, kv_last_page_len) and pages_ready (kv_indices) promise
+    that those arrays are written before the kernel preceding each launch in the stream starts (by
+    plan, say): on sm_90 the kernel then reads them while that kernel still runs (api.h,
+    FIB_INDEX_READY)."""
     if not isinstance(variant, Variant) or variant.family not in ("decode", "prefill"):
         raise InvalidArgument(f"variant must be a decode or prefill Variant, got {variant!r}")
     if kv_layout not in KV_LAYOUTS:

@@ -18,7 +18,7 @@
  * still runs, and by default read nothing before it has finished. A flag promises that some inputs
  * were in place before that kernel started (written by the host, a copy, or an earlier kernel), so
  * they are read early, overlapping its end:
- *   FIB_INDEX_READY: work, kv_indptr and kv_last_page_len (attention); merge_indptr and
+ *   FIB_INDEX_READY: work, qo_indptr, kv_indptr and kv_last_page_len (attention); merge_indptr and
  *                    merge_indices (merge);
  *   FIB_PAGES_READY: kv_indices (attention). */
 #define FIB_INDEX_READY 1
