@@ -2,9 +2,9 @@
 # The issues' targets in one device call: the GPU tests and verify over the carried pack, then each
 # target's benchmark (docs/PERFORMANCE.md, "Where we stand").
 #   usage (GPU machine, repository root, a pack built into ./build): benchmarks/targets_run.sh
-# The pack needs at least the ci preset plus, for the hook rows, the sm90a hd128 bf16 prefill
-# (none, causal_softcap, causal_rope, causal_alibi, sliding_window) and decode (softcap, rope, alibi,
-# sliding_window) variants. Logs land in $OUT (or ./out); a summary prints last.
+# benchmarks/targets_build.sh builds that pack: the ci preset plus, for the hook rows, the sm90a hd128
+# bf16 prefill (none, causal_softcap, causal_rope, causal_alibi, sliding_window) and decode (softcap,
+# rope, alibi, sliding_window) variants. Logs land in $OUT (or ./out); a summary prints last.
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
