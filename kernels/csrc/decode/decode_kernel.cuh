@@ -5,9 +5,11 @@
 // and the stacked query tokens of a cascade's shared level, share every KV byte read), over keys
 // [kv_begin, kv_end) cut to the variant's kv_range.
 // KV tiles of kTileKv keys stream through a kStages-deep cp.async pipeline; each warp takes
-// 16-key slices of a tile for its m-tile of 16 rows (warps with the same m-tile split the keys),
-// and the warps' partial softmax states are combined through shared memory at the end. The
-// result goes to o/lse, or to float32 partial rows (partial_row >= 0) for the merge kernel.
+// 16-key slices of a tile for its m-tile of 16 rows (warps with the same m-tile split the keys;
+// a warp with few partners takes kWideSlices slices a step), and the warps' partial softmax states
+// are combined through shared memory at the end (a warp alone on its m-tile writes its rows from
+// registers). The result goes to o/lse, or to float32 partial rows (partial_row >= 0) for the
+// merge kernel.
 #pragma once
 
 #include <cuda_runtime.h>
