@@ -39,6 +39,17 @@ def template_path(csrc: Path, family: str) -> Path:
     return csrc / "instantiate" / f"{family}.cu.in"
 
 
+# The wgmma prefill mainloop prototype (docs/HOPPER_MAINLOOP.md): a build option, not a variant axis,
+# until it has been verified on a GPU; it renders the same variant ids from another template.
+SM90_PREFILL_TEMPLATE = "prefill_sm90.cu.in"
+
+
+def variant_template(csrc: Path, variant: Variant, *, sm90_prefill_mainloop: bool = False) -> Path:
+    if sm90_prefill_mainloop and variant.family == "prefill" and variant.arch == "sm90a":
+        return csrc / "instantiate" / SM90_PREFILL_TEMPLATE
+    return template_path(csrc, variant.family)
+
+
 def substitutions(variant: Variant, template_name: str) -> dict[str, str]:
     return {
         "GENERATED_NOTE": f"// Generated from kernels/csrc/instantiate/{template_name} for {variant.id} by "
@@ -55,8 +66,8 @@ def substitutions(variant: Variant, template_name: str) -> dict[str, str]:
     }
 
 
-def render(variant: Variant, csrc: Path) -> str:
-    path = template_path(csrc, variant.family)
+def render(variant: Variant, csrc: Path, *, sm90_prefill_mainloop: bool = False) -> str:
+    path = variant_template(csrc, variant, sm90_prefill_mainloop=sm90_prefill_mainloop)
     try:
         return string.Template(path.read_text()).substitute(substitutions(variant, path.name))
     except KeyError as e:

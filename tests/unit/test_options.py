@@ -97,3 +97,10 @@ def test_unknown_pyproject_keys_are_named(tmp_path):
     path.write_text('[tool.flashinfer-build]\nbuild_dir = "x"\n')
     with pytest.raises(ConfigError, match="unknown .tool.flashinfer-build. keys .'build_dir'."):
         resolve({}, {}, path)
+
+
+def test_sm90_prefill_mainloop_is_off_unless_asked_for(pyproject):
+    assert not resolve({}, {}, pyproject).sm90_prefill_mainloop
+    env = {"FLASHINFER_BUILD_SM90_PREFILL_MAINLOOP": "1"}
+    assert resolve({}, env, pyproject).sm90_prefill_mainloop
+    assert not resolve({"sm90_prefill_mainloop": False}, env, pyproject).sm90_prefill_mainloop

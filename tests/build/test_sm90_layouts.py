@@ -1,0 +1,38 @@
+"""The wgmma prefill prototype's shared-memory layouts (kernel_traits_sm90.cuh), checked on the host with
+real nvcc: the GMMA K-major SW128 atom must address every element where the sm80 gathers' Swizzle<3, 3, 3>
+layout does (the cp.async loads and the epilogue reuse those), and V^T must be V transposed. A wrong map
+gives wrong attention on a GPU, which the prototype has not met yet."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from flashinfer_build.wheelbuild.build import COMMON_FLAGS
+
+pytestmark = pytest.mark.nvcc
+SOURCE = Path(__file__).resolve().parent / "fixtures" / "host" / "sm90_smem_layouts.cu"
+CSRC = Path(__file__).resolve().parents[2] / "kernels" / "csrc"
+
+
+def test_sm90_smem_layouts_match_the_sm80_gathers(toolchain, tmp_path):
+    exe = tmp_path / "sm90_smem_layouts"
+    compile_cmd = [
+        str(toolchain.nvcc),
+        *COMMON_FLAGS,
+        "-cudart",
+        "static",
+        *(f"-L{d}" for d in toolchain.link_dirs),
+        "-I",
+        str(CSRC),
+        "-I",
+        str(toolchain.cutlass_include),
+        str(SOURCE),
+        "-o",
+        str(exe),
+    ]
+    subprocess.run(compile_cmd, check=True, capture_output=True, text=True)
+    run = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count(": 0 violation(s)") == 4, run.stdout
