@@ -10,7 +10,7 @@ namespace fib::prefill {
 // wgmma accumulator ((2, 2, N / 8), MMA_M, MMA_N) -> ((2, MMA_M), (2, N / 8, MMA_N)): the same quad
 // pattern repeated over the n8 column blocks of one m64nN instruction.
 template <class Layout>
-__device__ __forceinline__ auto rowcol_layout(Layout acc) {
+CUTE_HOST_DEVICE auto rowcol_layout(Layout acc) {  // host too: tests/build checks it
   static_assert(decltype(cute::rank(acc))::value == 3, "expects an MMA accumulator layout (MMA, MMA_M, MMA_N)");
   if constexpr (decltype(cute::rank<0>(acc))::value == 3) {
     static_assert(decltype(cute::size<0, 0>(acc))::value == 2 && decltype(cute::size<0, 1>(acc))::value == 2,
@@ -43,7 +43,7 @@ __device__ __forceinline__ auto acc_as_a_operand_layout(Layout acc) {
 // wgmma accumulator of S = Q K^T ((2, 2, N / 8), MMA_M, MMA_N) -> register A operand of the P V
 // wgmma ((2, 2, 2), MMA_M, N / 16 * MMA_N): the k16 operand holds two adjacent n8 accumulator blocks.
 template <class Layout>
-__device__ __forceinline__ auto wgmma_acc_as_a_operand_layout(Layout acc) {
+CUTE_HOST_DEVICE auto wgmma_acc_as_a_operand_layout(Layout acc) {
   static_assert(decltype(cute::rank<0>(acc))::value == 3, "expects the wgmma accumulator ((2, 2, N / 8), M, N)");
   static_assert(decltype(cute::size<0, 2>(acc))::value % 2 == 0, "N / 8 must be even to form k16 operand tiles");
   auto blocks = cute::logical_divide(cute::get<0, 2>(acc), cute::Shape<cute::_2>{});  // ((2, N / 16))
