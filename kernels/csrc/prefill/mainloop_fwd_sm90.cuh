@@ -53,7 +53,9 @@ struct MainloopFwdSm90 {
   static_assert(kStages == 2, "the step below issues tile n - 1 into the buffer tile n + 1 left");
 
   // Every thread's cp.async writes (and RoPE's st.shared) become visible to the wgmma (async proxy)
-  // only through a proxy fence by the writing thread before the barrier that orders them.
+  // only through a proxy fence by the writing thread before the barrier that orders them. (CUTLASS's
+  // cp.async wgmma mainloops signal with cp.async.mbarrier.arrive and fence nothing; whether the
+  // fence after cp.async may go is for a GPU run with racecheck to show, RoPE's stores need it.)
   __device__ static void publish_smem_writes() {
     cutlass::arch::fence_view_async_shared();
     __syncthreads();
