@@ -25,8 +25,17 @@ struct Sm90Traits {
   static constexpr int kWarps = kWarpgroups * 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kMinCtasPerSm = 1;
-  static constexpr int kStages = 2;                 // K and V buffers: tile n - 1 lands during step n
-  static constexpr int kTableSlots = kStages + 1;   // row tables: one read, one written, one spare
+  // K buffers: tile n - 1 lands during step n, while S = Q K[n]^T reads the other. V buffers: one
+  // more where shared memory allows, so that P V of tile n + 1 can still run during step n while
+  // the softmax of tile n does (kOverlapPV, mainloop_fwd_sm90.cuh); head dim 256 (Q 64 KB, 32 KB a
+  // K/V tile) has room for two only, and runs P V of each step to its end instead.
+  static constexpr int kKStages = 2;
+  static constexpr int kTileBytes = BlockN * HeadDim * int(sizeof(Element));
+  static constexpr int kTablesBytes = 4 * 1024;  // row tables, RoPE table, 1 KB alignment: an upper bound
+  static constexpr bool kOverlapPV = kBlockM * HeadDim * int(sizeof(Element)) + (kKStages + 3) * kTileBytes +
+                                         kTablesBytes <= 227 * 1024;
+  static constexpr int kVStages = kOverlapPV ? 3 : 2;
+  static constexpr int kTableSlots = 3;  // row tables: one read, one written, one spare
   static constexpr int kVecElems = 16 / sizeof(Element);  // one 16-byte cp.async
   static constexpr int kSwizzleRowElems = 64;             // 128-byte rows of the SW128 atom
 
@@ -55,12 +64,14 @@ struct Sm90Traits {
   using SmemLayoutAtom = cute::GMMA::Layout_K_SW128_Atom<Element>;
   using SmemLayoutQ = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
   using SmemLayoutKV = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>{}));
-  using SmemLayoutKVStages = decltype(cute::tile_to_shape(
-      SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
+  using SmemLayoutKStages = decltype(cute::tile_to_shape(
+      SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kKStages>>{}));
+  using SmemLayoutVStages = decltype(cute::tile_to_shape(
+      SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kVStages>>{}));
   // V read as the B operand of P V: (head_dim, keys, stage), head dim contiguous (MN-major).
   using SmemLayoutVtStages = decltype(cute::composition(
-      SmemLayoutKVStages{},
-      cute::make_ordered_layout(cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
+      SmemLayoutVStages{},
+      cute::make_ordered_layout(cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kVStages>>{},
                                 cute::Step<cute::_2, cute::_1, cute::_3>{})));
 
   using SmemCopyAtomO = cute::Copy_Atom<cute::AutoVectorizingCopyWithAssumedAlignment<32>, Element>;
@@ -79,8 +90,8 @@ struct Sm90Traits {
 
   struct SharedStorage {
     alignas(1024) Element q[cute::cosize_v<SmemLayoutQ>];  // also stages O in the epilogue
-    alignas(1024) Element k[cute::cosize_v<SmemLayoutKVStages>];
-    alignas(1024) Element v[cute::cosize_v<SmemLayoutKVStages>];
+    alignas(1024) Element k[cute::cosize_v<SmemLayoutKStages>];
+    alignas(1024) Element v[cute::cosize_v<SmemLayoutVStages>];
     alignas(16) int64_t kv_row_offset[kTableSlots][kBlockN];  // row tables of pending tiles (KvRowTable)
     RopePair rope[kHeadDim / 2];
   };

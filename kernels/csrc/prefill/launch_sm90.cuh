@@ -13,6 +13,7 @@ namespace fib::prefill {
 template <class Traits, class VariantT>
 struct PrefillKernelSm90 {
   static constexpr int kSmemBytes = int(sizeof(typename Traits::SharedStorage));
+  static_assert(kSmemBytes <= 227 * 1024, "more shared memory than an sm90 CTA may have (227 KB)");
   static constexpr auto kKernel = &prefill_fwd_sm90_kernel<Traits, VariantT>;
 
   // Grid (num_work, num_kv_heads): see tile_scheduler.cuh.
