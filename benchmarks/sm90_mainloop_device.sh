@@ -1,0 +1,54 @@
+#!/bin/bash
+# One device call for the wgmma (sm90a) prefill mainloop (docs/HOPPER_MAINLOOP.md): layout probes,
+# compute-sanitizer, the prefill GPU tests and verify on the candidate pack, then the prefill benchmark
+# of every pack on the same inputs. Logs go to $OUT (at most 8 files come back); a short table last.
+#
+#   benchmarks/sm90_mainloop_device.sh CANDIDATE_LABEL "label=dir,label=dir,..." [STEPS]
+#
+# The first pack of the list is the baseline (the sm80 mainloop); CANDIDATE_LABEL names the pack that
+# the sanitizer, the tests and verify run on. STEPS (default "diag,sanitize,tests,verify,bench") picks
+# steps; BENCH_ARGS overrides the benchmark's shape arguments.
+set -u
+CANDIDATE=$1
+PACKS=$2
+STEPS=${3:-diag,sanitize,tests,verify,bench}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+dir_of() { tr ',' '\n' <<<"$PACKS" | sed -n "s/^$1=//p"; }
+CAND_DIR=$(dir_of "$CANDIDATE")
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+summary=()
+
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.limit --format=csv,noheader
+if has diag; then
+  for v in prefill_sm90a_bf16_hd128 prefill_sm90a_bf16_hd128_causal; do
+    timeout 150 python3 benchmarks/prefill_diag.py --packs "$PACKS" --variant $v 2>&1 | tee -a "$OUT/diag.log"
+  done
+  summary+=("diag: $(grep -c 'rel err' "$OUT/diag.log") cases, $(grep 'rel err' "$OUT/diag.log" | awk '{if ($5+0 > 2e-2 || $5 ~ /nan/) n++} END {print n+0}') over 2e-2")
+fi
+if has sanitize; then
+  for tool in racecheck memcheck; do
+    FLASHINFER_BUILD_PACK=$CAND_DIR PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 200 compute-sanitizer --tool $tool \
+      --kernel-name kns=fib --print-limit 20 python3 -m flashinfer_build.kernels.verify.sanitize \
+      prefill_sm90a_bf16_hd128_causal prefill_sm90a_bf16_hd128_causal_rope_softcap >"$OUT/sanitize_$tool.log" 2>&1
+    summary+=("$tool: rc $? $(grep -h 'SUMMARY' "$OUT/sanitize_$tool.log" | tr '\n' ' ')")
+  done
+fi
+if has tests; then
+  FLASHINFER_BUILD_PACK=$CAND_DIR timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider \
+    tests/gpu/test_prefill.py tests/gpu/test_wrappers.py -rs >"$OUT/tests.log" 2>&1
+  summary+=("tests ($CANDIDATE): rc $? $(tail -1 "$OUT/tests.log")")
+fi
+if has verify; then
+  FLASHINFER_BUILD_PACK=$CAND_DIR timeout 200 flashinfer-build verify --built --arch sm90a --cases 2 \
+    >"$OUT/verify.log" 2>&1
+  summary+=("verify ($CANDIDATE): rc $? $(grep -ci 'fail' "$OUT/verify.log") lines with 'fail'")
+fi
+if has bench; then
+  # shellcheck disable=SC2086
+  timeout 400 python3 benchmarks/prefill.py ${BENCH_ARGS:---head-dims 128,64,256 --tokens 8192 --repeat 2} \
+    --packs "$PACKS" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+fi
+echo "== summary"
+printf '%s\n' "${summary[@]}"
