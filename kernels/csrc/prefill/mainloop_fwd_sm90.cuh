@@ -184,7 +184,7 @@ struct MainloopFwdSm90 {
       Tensor s = rowcol_view(acc_s);
       apply_logits_and_mask<VariantT, kCheck>(p, t, s, tScS, tile_start(n));
       float factor[decltype(size<0>(s))::value];
-      const bool grew = softmax.template update_scores<kFirst>(s, scale_log2, factor);
+      const bool grew = softmax.template update_scores<kFirst>(s, scale_log2, factor, [](bool) {});
       if constexpr (kPendingPV) {
         keep_before_next_wait(softmax.row_sum, smem.q);
         warpgroup_wait<0>();  // P V of tile n + 1 done: O may be rescaled and P overwritten

@@ -46,16 +46,18 @@ struct OnlineSoftmax {
   template <bool kFirst, class S, class O>
   __device__ __forceinline__ void update(S& s, O& o, float scale_log2) {
     float factor[kRows];
-    const bool grew = update_scores<kFirst>(s, scale_log2, factor);
-    if constexpr (!kFirst) rescale(o, factor, grew);
+    update_scores<kFirst>(s, scale_log2, factor, [&](bool grew) { rescale(o, factor, grew); });
   }
 
-  // update() without the O rescale, for mainloops that rescale O later (once the MMA that
-  // accumulates into it has finished): s becomes P; factor[mi] is what row mi of O must be scaled
-  // by; returns whether any row of the warp grew (factor != 1 somewhere; warp-uniform).
-  // Each phase runs over all rows, so the rows' dependency chains interleave.
-  template <bool kFirst, class S>
-  __device__ __forceinline__ bool update_scores(S& s, float scale_log2, float (&factor)[kRows]) {
+  // update() with the O rescale left to the caller, for mainloops that rescale O later (once the
+  // MMA that accumulates into it has finished): s becomes P; factor[mi] is what row mi of O must be
+  // scaled by; returns whether any row of the warp grew (factor != 1 somewhere; warp-uniform).
+  // rescale_now(grew) runs where update() rescales O (before the exponentials: keeping that order
+  // keeps the sm80 mainloop's machine code as it was). Each phase runs over all rows, so the rows'
+  // dependency chains interleave.
+  template <bool kFirst, class S, class RescaleNow>
+  __device__ __forceinline__ bool update_scores(S& s, float scale_log2, float (&factor)[kRows],
+                                                RescaleNow&& rescale_now) {
     static_assert(decltype(cute::size<0>(s))::value == kRows, "S must be a rowcol view with kRows rows");
     auto max_op = [](float a, float b) { return fmaxf(a, b); };
     auto sum_op = [](float a, float b) { return a + b; };
@@ -80,6 +82,7 @@ struct OnlineSoftmax {
       }
       // Past the first tiles a row's max rarely grows: rescale() skips O when no row of the warp grew.
       grew = __any_sync(0xffffffffu, grew);
+      rescale_now(grew);
     }
     CUTE_UNROLL
     for (int mi = 0; mi < kRows; ++mi) {
