@@ -29,25 +29,25 @@ if has diag; then
 fi
 if has sanitize; then
   for tool in racecheck memcheck; do
-    FLASHINFER_BUILD_PACK=$CAND_DIR PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 200 compute-sanitizer --tool $tool \
+    FLASHINFER_BUILD_PACK=$CAND_DIR PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool $tool \
       --kernel-name kns=fib --print-limit 20 python3 -m flashinfer_build.kernels.verify.sanitize \
       prefill_sm90a_bf16_hd128_causal prefill_sm90a_bf16_hd128_causal_rope_softcap >"$OUT/sanitize_$tool.log" 2>&1
     summary+=("$tool: rc $? $(grep -h 'SUMMARY' "$OUT/sanitize_$tool.log" | tr '\n' ' ')")
   done
 fi
 if has tests; then
-  FLASHINFER_BUILD_PACK=$CAND_DIR timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider \
+  FLASHINFER_BUILD_PACK=$CAND_DIR timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider \
     tests/gpu/test_prefill.py tests/gpu/test_wrappers.py -rs >"$OUT/tests.log" 2>&1
   summary+=("tests ($CANDIDATE): rc $? $(tail -1 "$OUT/tests.log")")
 fi
 if has verify; then
-  FLASHINFER_BUILD_PACK=$CAND_DIR timeout 200 flashinfer-build verify --built --arch sm90a --cases 2 \
+  FLASHINFER_BUILD_PACK=$CAND_DIR timeout 120 flashinfer-build verify --built --arch sm90a --cases 2 \
     >"$OUT/verify.log" 2>&1
   summary+=("verify ($CANDIDATE): rc $? $(grep -ci 'fail' "$OUT/verify.log") lines with 'fail'")
 fi
 if has bench; then
   # shellcheck disable=SC2086
-  timeout 400 python3 benchmarks/prefill.py ${BENCH_ARGS:---head-dims 128,64,256 --tokens 8192 --repeat 2} \
+  timeout 300 python3 benchmarks/prefill.py ${BENCH_ARGS:---head-dims 128,64,256 --tokens 8192 --repeat 2} \
     --packs "$PACKS" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi
 echo "== summary"
