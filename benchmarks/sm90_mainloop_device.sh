@@ -3,20 +3,21 @@
 # compute-sanitizer, the prefill GPU tests and verify on the candidate pack, then the prefill benchmark
 # of every pack on the same inputs. Logs go to $OUT (at most 8 files come back); a short table last.
 #
-#   benchmarks/sm90_mainloop_device.sh CANDIDATE_LABEL "label=dir,label=dir,..." [STEPS]
+#   benchmarks/sm90_mainloop_device.sh CANDIDATES "label=dir,label=dir,..." [STEPS]
 #
-# The first pack of the list is the baseline (the sm80 mainloop); CANDIDATE_LABEL names the pack that
-# the sanitizer, the tests and verify run on. STEPS (default "diag,sanitize,tests,verify,bench") picks
-# steps; BENCH_ARGS overrides the benchmark's shape arguments.
+# The first pack of the list is the baseline (the sm80 mainloop); CANDIDATES (comma-separated labels)
+# name the packs that the tests and verify run on, the first of them also the sanitizer and ncu.
+# STEPS (default "diag,sanitize,tests,verify,bench") picks steps, "ncu" too; BENCH_ARGS overrides the
+# benchmark's shape arguments, SANITIZE_IDS the variants the sanitizer runs.
 set -u
-CANDIDATE=$1
+CANDIDATES=$1
 PACKS=$2
 STEPS=${3:-diag,sanitize,tests,verify,bench}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 dir_of() { tr ',' '\n' <<<"$PACKS" | sed -n "s/^$1=//p"; }
-CAND_DIR=$(dir_of "$CANDIDATE")
+CAND_DIR=$(dir_of "${CANDIDATES%%,*}")
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 summary=()
 
@@ -31,19 +32,29 @@ if has sanitize; then
   for tool in racecheck memcheck; do
     FLASHINFER_BUILD_PACK=$CAND_DIR PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool $tool \
       --kernel-name kns=fib --print-limit 20 python3 -m flashinfer_build.kernels.verify.sanitize \
-      prefill_sm90a_bf16_hd128_causal prefill_sm90a_bf16_hd128_causal_rope_softcap >"$OUT/sanitize_$tool.log" 2>&1
+      ${SANITIZE_IDS:-prefill_sm90a_bf16_hd128_causal prefill_sm90a_bf16_hd128_causal_rope_softcap} \
+      >"$OUT/sanitize_$tool.log" 2>&1
     summary+=("$tool: rc $? $(grep -h 'SUMMARY' "$OUT/sanitize_$tool.log" | tr '\n' ' ')")
   done
 fi
-if has tests; then
-  FLASHINFER_BUILD_PACK=$CAND_DIR timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider \
-    tests/gpu/test_prefill.py tests/gpu/test_wrappers.py -rs >"$OUT/tests.log" 2>&1
-  summary+=("tests ($CANDIDATE): rc $? $(tail -1 "$OUT/tests.log")")
-fi
-if has verify; then
-  FLASHINFER_BUILD_PACK=$CAND_DIR timeout 120 flashinfer-build verify --built --arch sm90a --cases 2 \
-    >"$OUT/verify.log" 2>&1
-  summary+=("verify ($CANDIDATE): rc $? $(grep -ci 'fail' "$OUT/verify.log") lines with 'fail'")
+for cand in ${CANDIDATES//,/ }; do
+  if has tests; then
+    FLASHINFER_BUILD_PACK=$(dir_of "$cand") timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider \
+      tests/gpu/test_prefill.py tests/gpu/test_wrappers.py -rs >>"$OUT/tests.log" 2>&1
+    summary+=("tests ($cand): rc $? $(tail -1 "$OUT/tests.log")")
+  fi
+  if has verify; then
+    FLASHINFER_BUILD_PACK=$(dir_of "$cand") timeout 120 flashinfer-build verify --built --arch sm90a --cases 2 \
+      >>"$OUT/verify.log" 2>&1
+    summary+=("verify ($cand): rc $? $(tail -1 "$OUT/verify.log")")
+  fi
+done
+if has ncu; then
+  # The first wgmma prefill launch of the benchmark: hd128, not causal, 8192 tokens, 32 heads.
+  FLASHINFER_BUILD_PACK=$CAND_DIR timeout 240 ncu -k regex:prefill_fwd_sm90 -c 1 --section SpeedOfLight \
+    --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats --section Occupancy \
+    python3 benchmarks/prefill.py --head-dims 128 --tokens 8192 --no-sdpa >"$OUT/ncu.txt" 2>&1
+  summary+=("ncu: rc $?")
 fi
 if has bench; then
   # shellcheck disable=SC2086

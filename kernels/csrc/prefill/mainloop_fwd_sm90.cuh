@@ -168,7 +168,12 @@ struct MainloopFwdSm90 {
 
       fib::cp_async_wait<0>();
       publish_smem_writes();  // K[n], V[n], row_table(n - 1) visible; the buffers of tile n - 1 free
-      if (n > 0) load_kv(n - 1);
+      // The gathers of tile n - 1 go out after the wgmma issue (their address arithmetic then runs
+      // while the tensor cores work), except without kOverlapPV (head dim 256), where their registers
+      // next to S, O and P in flight made ptxas spill (72-byte stack).
+      if constexpr (!kOverlapPV) {
+        if (n > 0) load_kv(n - 1);
+      }
       if constexpr (kRope) {
         Tensor sKn = sK(_, _, n % kKStages);
         RopeTile<Traits>::rotate_consecutive(sKn, smem.rope, tid, tile_start(n));
@@ -179,6 +184,9 @@ struct MainloopFwdSm90 {
       wgmma_issue<false>(mma_s, tSrQ, tSrK(_, _, _, n % kKStages), acc_s);
       constexpr bool kPendingPV = kOverlapPV && !kFirst;
       if constexpr (kPendingPV) wgmma_issue<true>(mma_o, tOrP, tOrVt(_, _, _, (n + 1) % kVStages), tOrO);
+      if constexpr (kOverlapPV) {
+        if (n > 0) load_kv(n - 1);
+      }
       warpgroup_wait<kPendingPV ? 1 : 0>();  // S done; P V of tile n + 1 may still run
       warpgroup_fence_operand(acc_s);
       Tensor s = rowcol_view(acc_s);
