@@ -39,12 +39,13 @@ def template_path(csrc: Path, family: str) -> Path:
     return csrc / "instantiate" / f"{family}.cu.in"
 
 
-# The wgmma prefill mainloop prototype (docs/HOPPER_MAINLOOP.md): a build option, not a variant axis,
-# until it has been verified on a GPU; it renders the same variant ids from another template.
+# The wgmma prefill mainloop (docs/HOPPER_MAINLOOP.md): a build option (on by default), not a variant
+# axis: it renders the same sm90a prefill variant ids from another template, and turning it off gives
+# the sm80 mainloop that the sm80 pack also compiles.
 SM90_PREFILL_TEMPLATE = "prefill_sm90.cu.in"
 
 
-def variant_template(csrc: Path, variant: Variant, *, sm90_prefill_mainloop: bool = False) -> Path:
+def variant_template(csrc: Path, variant: Variant, *, sm90_prefill_mainloop: bool = True) -> Path:
     if sm90_prefill_mainloop and variant.family == "prefill" and variant.arch == "sm90a":
         return csrc / "instantiate" / SM90_PREFILL_TEMPLATE
     return template_path(csrc, variant.family)
@@ -66,7 +67,7 @@ def substitutions(variant: Variant, template_name: str) -> dict[str, str]:
     }
 
 
-def render(variant: Variant, csrc: Path, *, sm90_prefill_mainloop: bool = False) -> str:
+def render(variant: Variant, csrc: Path, *, sm90_prefill_mainloop: bool = True) -> str:
     path = variant_template(csrc, variant, sm90_prefill_mainloop=sm90_prefill_mainloop)
     try:
         return string.Template(path.read_text()).substitute(substitutions(variant, path.name))

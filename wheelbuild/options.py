@@ -18,10 +18,10 @@ pyproject path are passed in, so tests describe any setting with plain dicts.
     lineinfo    FLASHINFER_BUILD_LINEINFO     lineinfo       False (device line info for profilers; it
                                                                     embeds paths and file times, so such
                                                                     builds are not byte-reproducible)
-    sm90_prefill_mainloop                     sm90-prefill-  False (sm90a prefill units with the
-                FLASHINFER_BUILD_SM90_        mainloop              wgmma mainloop prototype,
-                PREFILL_MAINLOOP                                    instantiate/prefill_sm90.cu.in; untested
-                                                                    on a GPU: docs/HOPPER_MAINLOOP.md)
+    sm90_prefill_mainloop                     sm90-prefill-  True (sm90a prefill units with the wgmma
+                FLASHINFER_BUILD_SM90_        mainloop              mainloop, instantiate/prefill_sm90.cu.in;
+                PREFILL_MAINLOOP                                    off: the sm80 mainloop, as the sm80
+                                                                    pack has it; docs/HOPPER_MAINLOOP.md)
     csrc_dir    FLASHINFER_BUILD_CSRC_DIR     csrc-dir       the installed kernels/csrc (kernel sources
                                                                     and instantiate/ templates; tests point
                                                                     it at a fixture tree)
@@ -64,7 +64,7 @@ class BuildOptions:
     keep_going: bool = False
     dry_run: bool = False
     lineinfo: bool = False
-    sm90_prefill_mainloop: bool = False
+    sm90_prefill_mainloop: bool = True
     csrc_dir: Path = _default_csrc()
 
     def __post_init__(self) -> None:

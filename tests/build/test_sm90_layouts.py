@@ -1,9 +1,9 @@
-"""The wgmma prefill prototype's layouts (kernel_traits_sm90.cuh, fragment.cuh), checked on the host with
+"""The wgmma prefill mainloop's layouts (kernel_traits_sm90.cuh, fragment.cuh), checked on the host with
 real nvcc: the GMMA K-major SW128 atom must address every element where the sm80 gathers' Swizzle<3, 3, 3>
 layout does (the cp.async loads and the epilogue reuse those), V^T must be V transposed, the S accumulator
 read as P V's register operand must hold the (row, key) each thread's operand expects, and the rowcol view
 must keep one query row per row (the softmax and mask read it). A wrong map gives wrong attention on a
-GPU, which the prototype has not met yet."""
+GPU (tests/gpu/test_prefill.py); this finds it without one."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The wgmma prefill prototype (build option sm90_prefill_mainloop, docs/HOPPER_MAINLOOP.md) compiled for
+"""The wgmma prefill mainloop (build option sm90_prefill_mainloop, docs/HOPPER_MAINLOOP.md) compiled for
 sm_90a: its PTX must issue wgmma for both GEMMs with the proxy fence before them, and ptxas must not
-serialise the wgmma (it says so in a warning, C7510). It has never run on a GPU; this keeps it compiling."""
+serialise the wgmma (it says so in a warning, C7510)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def test_the_sm90_prefill_unit_issues_wgmma_without_serialisation(toolchain, tmp
     (ptx,) = tmp_path.glob("*.ptx")
     text = ptx.read_text()
     # S = Q K^T from shared memory and O += P V with P in registers, 8 k-blocks each at head dim 128 and
-    # 128 keys, in each of the mainloop's three step copies (first, masked, unmasked tiles).
+    # 128 keys: S in each of the mainloop's three step copies (first, masked, unmasked tiles), P V of the
+    # previous tile in the last two and once after the loop.
     assert text.count("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16") == 48
     assert "fence.proxy.async.shared::cta" in text

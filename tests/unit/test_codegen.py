@@ -104,15 +104,17 @@ def test_real_templates_include_only_existing_kernel_headers():
         )
 
 
-def test_sm90_prefill_mainloop_option_changes_only_sm90a_prefill_sources():
+def test_sm90_prefill_mainloop_is_the_default_and_changes_only_sm90a_prefill_sources():
     variants = load_matrix("full")
     for v in variants:
         default = render(v, REAL_CSRC)
-        with_option = render(v, REAL_CSRC, sm90_prefill_mainloop=True)
+        wgmma = render(v, REAL_CSRC, sm90_prefill_mainloop=True)
+        sm80_mainloop = render(v, REAL_CSRC, sm90_prefill_mainloop=False)
+        assert default == wgmma, v.id
         if v.family == "prefill" and v.arch == "sm90a":
-            assert "instantiate/prefill_sm90.cu.in" in with_option, v.id
-            assert "PrefillKernelSm90" in with_option, v.id
-            assert f"fib_{v.id}_run" in with_option and "${" not in with_option, v.id
-            assert "PrefillKernelSm80" in default and "PrefillKernelSm90" not in default, v.id
+            assert "instantiate/prefill_sm90.cu.in" in wgmma, v.id
+            assert "PrefillKernelSm90" in wgmma, v.id
+            assert f"fib_{v.id}_run" in wgmma and "${" not in wgmma, v.id
+            assert "PrefillKernelSm80" in sm80_mainloop and "PrefillKernelSm90" not in sm80_mainloop, v.id
         else:
-            assert with_option == default, v.id
+            assert sm80_mainloop == wgmma, v.id

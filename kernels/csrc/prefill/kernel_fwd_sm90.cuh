@@ -1,6 +1,6 @@
 // Prefill layer (kernel, sm90a): one CTA = one work item x one KV head, two consumer warpgroups of 64
 // query rows each; the tile scheduler, softmax, mask and epilogue of the sm80 kernel around the wgmma
-// mainloop. PROTOTYPE: compiles for sm_90a, never run on a GPU yet (docs/HOPPER_MAINLOOP.md).
+// mainloop (docs/HOPPER_MAINLOOP.md).
 #pragma once
 
 #include <cute/tensor.hpp>

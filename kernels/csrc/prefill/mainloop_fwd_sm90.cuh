@@ -2,7 +2,6 @@
 // variant's transform and mask and the online softmax on the accumulator, O += P V by wgmma with P in
 // registers, overlapped with the next tile's softmax; K/V tiles gathered by cp.async (paged / ragged
 // rows), K two and V three buffers deep.
-// PROTOTYPE: compiles for sm_90a, never run on a GPU yet (docs/HOPPER_MAINLOOP.md).
 #pragma once
 
 #include <cute/arch/mma_sm90_gmma.hpp>
@@ -75,9 +74,9 @@ struct MainloopFwdSm90 {
                 "buffer P V of tile n + 2 (kOverlapPV) or n + 1 read, and writes the row table of tile n - 2");
 
   // Every thread's cp.async writes (and RoPE's st.shared) become visible to the wgmma (async proxy)
-  // only through a proxy fence by the writing thread before the barrier that orders them. (CUTLASS's
-  // cp.async wgmma mainloops signal with cp.async.mbarrier.arrive and fence nothing; whether the
-  // fence after cp.async may go is for a GPU run with racecheck to show, RoPE's stores need it.)
+  // only through a proxy fence by the writing thread before the barrier that orders them, as the
+  // PTX memory model asks. (CUTLASS's cp.async wgmma mainloops fence nothing after cp.async; a missing
+  // proxy fence is invisible to racecheck, so it stays.)
   __device__ static void publish_smem_writes() {
     cutlass::arch::fence_view_async_shared();
     __syncthreads();
