@@ -6,9 +6,10 @@
 #   benchmarks/sm90_mainloop_device.sh CANDIDATES "label=dir,label=dir,..." [STEPS]
 #
 # The first pack of the list is the baseline (the sm80 mainloop); CANDIDATES (comma-separated labels)
-# name the packs that the tests and verify run on, the first of them also the sanitizer and ncu.
+# name the packs that the tests and verify run on, the first of them also ncu and (unless SANITIZE_PACKS
+# lists labels) the sanitizer.
 # STEPS (default "diag,sanitize,tests,verify,bench") picks steps, "ncu" too; BENCH_ARGS overrides the
-# benchmark's shape arguments, SANITIZE_IDS the variants the sanitizer runs.
+# benchmark's shape arguments, SANITIZE_IDS and SANITIZE_TOOLS what the sanitizer runs.
 set -u
 CANDIDATES=$1
 PACKS=$2
@@ -29,12 +30,19 @@ if has diag; then
   summary+=("diag: $(grep -c 'rel err' "$OUT/diag.log") cases, $(grep 'rel err' "$OUT/diag.log" | awk '{if ($5+0 > 2e-2 || $5 ~ /nan/) n++} END {print n+0}') over 2e-2")
 fi
 if has sanitize; then
-  for tool in racecheck memcheck; do
-    FLASHINFER_BUILD_PACK=$CAND_DIR PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool $tool \
-      --kernel-name kns=fib --print-limit 20 python3 -m flashinfer_build.kernels.verify.sanitize \
-      ${SANITIZE_IDS:-prefill_sm90a_bf16_hd128_causal prefill_sm90a_bf16_hd128_causal_rope_softcap} \
-      >"$OUT/sanitize_$tool.log" 2>&1
-    summary+=("$tool: rc $? $(grep -h 'SUMMARY' "$OUT/sanitize_$tool.log" | tr '\n' ' ')")
+  # One child per (pack, tool, variant), so that a crash names its variant.
+  for label in ${SANITIZE_PACKS:-${CANDIDATES%%,*}}; do
+    for tool in ${SANITIZE_TOOLS:-racecheck memcheck}; do
+      for id in ${SANITIZE_IDS:-prefill_sm90a_bf16_hd128_causal prefill_sm90a_bf16_hd128_causal_rope_softcap}; do
+        echo "=== $label $id" >>"$OUT/sanitize_$tool.log"
+        FLASHINFER_BUILD_PACK=$(dir_of "$label") PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 100 compute-sanitizer \
+          --tool $tool --kernel-name kns=fib --print-limit 20 python3 -m flashinfer_build.kernels.verify.sanitize \
+          "$id" >/tmp/sanitize.log 2>&1
+        rc=$?
+        cat /tmp/sanitize.log >>"$OUT/sanitize_$tool.log"
+        summary+=("$tool $label $id: rc $rc $(grep -h 'SUMMARY' /tmp/sanitize.log | tr '\n' ' ')")
+      done
+    done
   done
 fi
 for cand in ${CANDIDATES//,/ }; do
