@@ -45,8 +45,20 @@ def template_path(csrc: Path, family: str) -> Path:
 SM90_PREFILL_TEMPLATE = "prefill_sm90.cu.in"
 
 
+def uses_sm90_prefill_mainloop(variant: Variant) -> bool:
+    """Whether the option gives this variant the wgmma mainloop. Head dim 64 without a mask keeps the sm80
+    one: there the wgmma kernel was no faster (2026-11-27: -1.5% at 8k tokens and -5% at 2k on an H200, +3.5%
+    and +-0 on an H100), while it was 7-62% faster on every other benchmarked shape on both cards
+    (docs/PERFORMANCE.md, "wgmma prefill mainloop on the GPU")."""
+    return (
+        variant.family == "prefill"
+        and variant.arch == "sm90a"
+        and not (variant.head_dim == 64 and variant.mask == "none")
+    )
+
+
 def variant_template(csrc: Path, variant: Variant, *, sm90_prefill_mainloop: bool = True) -> Path:
-    if sm90_prefill_mainloop and variant.family == "prefill" and variant.arch == "sm90a":
+    if sm90_prefill_mainloop and uses_sm90_prefill_mainloop(variant):
         return csrc / "instantiate" / SM90_PREFILL_TEMPLATE
     return template_path(csrc, variant.family)
 
