@@ -1,7 +1,7 @@
 """The wgmma prefill mainloop (build option sm90_prefill_mainloop, docs/HOPPER_MAINLOOP.md) compiled for
 sm_90a: its PTX must issue wgmma for both GEMMs with the proxy fence before them, ptxas must not serialise
 the wgmma (it says so in a warning, C7510), and the machine code must keep the softmax between the two
-wgmma waits of a step (fails with keep_before_next_wait removed: 2 and 3 exp2 there instead of 64+)."""
+wgmma waits of a step (this fails with keep_before_next_wait removed)."""
 
 from __future__ import annotations
 
