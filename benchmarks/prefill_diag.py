@@ -65,7 +65,9 @@ def block_errors(o, ref, block: int = 16) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--packs", default="")
     parser.add_argument("--variant", default="prefill_sm90a_bf16_hd128")
     args = parser.parse_args()
@@ -83,7 +85,11 @@ def main() -> None:
         "random_kv128": (randn(128, 1, d), randn(128, 1, d), randn(128, 1, d)),
         "random_kv300": (randn(128, 1, d), randn(300, 1, d), randn(300, 1, d)),
         "uniform_p": (torch.zeros(128, 1, d, device=device, dtype=dtype), randn(128, 1, d), randn(128, 1, d)),
-        "p_probe": (randn(128, 1, d) * 2, randn(d, 1, d), torch.eye(d, device=device, dtype=dtype).unsqueeze(1)),
+        "p_probe": (
+            randn(128, 1, d) * 2,
+            randn(d, 1, d),
+            torch.eye(d, device=device, dtype=dtype).unsqueeze(1),
+        ),
         "one_key": (randn(128, 1, d), randn(1, 1, d), randn(1, 1, d)),
     }
     for label, directory in packs.items():
@@ -99,7 +105,8 @@ def main() -> None:
                     continue
                 unwritten = int(accuracy.unwritten(o).sum())
                 rel = ((o.float() - ref).norm() / ref.norm()).item()
-                print(f"{label:>8} {name:>14}: rel err {rel:.3e}, unwritten {unwritten}, nan {int(o.isnan().sum())}")
+                nans = int(o.isnan().sum())
+                print(f"{label:>8} {name:>14}: rel err {rel:.3e}, unwritten {unwritten}, nan {nans}")
                 if not rel < 2e-2:
                     print("  max |err| per 16x16 block (rows: queries, columns: head dim):")
                     print(block_errors(o, ref))

@@ -75,7 +75,9 @@ def test_the_softmax_runs_between_the_two_wgmma_waits(compiled, toolchain):
             pytest.skip("cuobjdump not found (not in the PyPI toolchain)")
         cuobjdump = Path(found)
     (cubin,) = tmp_path.glob("*.cubin")
-    sass = subprocess.run([str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    sass = subprocess.run(
+        [str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True, check=True
+    ).stdout
     between, inside = [], None
     for line in sass.splitlines():
         if "WARPGROUP.DEPBAR.LE gsb0, 0x1" in line:
