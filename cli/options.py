@@ -43,6 +43,12 @@ def build_options(f):
         help="Device line info for profilers (builds are then not byte-reproducible).",
     )(f)
     f = click.option(
+        "--sm90-prefill-mainloop/--no-sm90-prefill-mainloop",
+        default=None,
+        help="sm90a prefill variants with the wgmma mainloop (the default) or with the sm80 one "
+        "(docs/HOPPER_MAINLOOP.md).",
+    )(f)
+    f = click.option(
         "--keep-going", is_flag=True, default=None, help="Build the other units when one fails."
     )(f)
     f = click.option("--cache-dir", type=click.Path(file_okay=False), help="Object cache directory.")(f)

@@ -152,7 +152,7 @@ def plan_build(options: BuildOptions, toolchain: Toolchain) -> BuildPlan:
         if not template_path(csrc, variant.family).is_file():
             no_template.setdefault(variant.family, []).append(variant.id)
             continue
-        text = render(variant, csrc)
+        text = render(variant, csrc, sm90_prefill_mainloop=options.sm90_prefill_mainloop)
         source = (options.build_dir / variant.arch / "gen" / f"{variant.id}.cu").resolve()
         headers = [
             (p.relative_to(csrc).as_posix(), read_header(p))

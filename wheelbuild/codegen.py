@@ -39,6 +39,30 @@ def template_path(csrc: Path, family: str) -> Path:
     return csrc / "instantiate" / f"{family}.cu.in"
 
 
+# The wgmma prefill mainloop (docs/HOPPER_MAINLOOP.md): a build option (on by default), not a variant
+# axis: it renders the same sm90a prefill variant ids from another template, and turning it off gives
+# the sm80 mainloop that the sm80 pack also compiles.
+SM90_PREFILL_TEMPLATE = "prefill_sm90.cu.in"
+
+
+def uses_sm90_prefill_mainloop(variant: Variant) -> bool:
+    """Whether the option gives this variant the wgmma mainloop. Head dim 64 without a mask keeps the sm80
+    one: there the wgmma kernel was no faster (2026-11-27: -1.5% at 8k tokens and -5% at 2k on an H200, +3.5%
+    and +-0 on an H100), while it was 7-62% faster on every other benchmarked shape on both cards
+    (docs/PERFORMANCE.md, "wgmma prefill mainloop on the GPU")."""
+    return (
+        variant.family == "prefill"
+        and variant.arch == "sm90a"
+        and not (variant.head_dim == 64 and variant.mask == "none")
+    )
+
+
+def variant_template(csrc: Path, variant: Variant, *, sm90_prefill_mainloop: bool = True) -> Path:
+    if sm90_prefill_mainloop and uses_sm90_prefill_mainloop(variant):
+        return csrc / "instantiate" / SM90_PREFILL_TEMPLATE
+    return template_path(csrc, variant.family)
+
+
 def substitutions(variant: Variant, template_name: str) -> dict[str, str]:
     return {
         "GENERATED_NOTE": f"// Generated from kernels/csrc/instantiate/{template_name} for {variant.id} by "
@@ -55,8 +79,8 @@ def substitutions(variant: Variant, template_name: str) -> dict[str, str]:
     }
 
 
-def render(variant: Variant, csrc: Path) -> str:
-    path = template_path(csrc, variant.family)
+def render(variant: Variant, csrc: Path, *, sm90_prefill_mainloop: bool = True) -> str:
+    path = variant_template(csrc, variant, sm90_prefill_mainloop=sm90_prefill_mainloop)
     try:
         return string.Template(path.read_text()).substitute(substitutions(variant, path.name))
     except KeyError as e:

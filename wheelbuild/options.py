@@ -18,6 +18,10 @@ pyproject path are passed in, so tests describe any setting with plain dicts.
     lineinfo    FLASHINFER_BUILD_LINEINFO     lineinfo       False (device line info for profilers; it
                                                                     embeds paths and file times, so such
                                                                     builds are not byte-reproducible)
+    sm90_prefill_mainloop                     sm90-prefill-  True (sm90a prefill units with the wgmma
+                FLASHINFER_BUILD_SM90_        mainloop              mainloop, instantiate/prefill_sm90.cu.in;
+                PREFILL_MAINLOOP                                    off: the sm80 mainloop, as the sm80
+                                                                    pack has it; docs/HOPPER_MAINLOOP.md)
     csrc_dir    FLASHINFER_BUILD_CSRC_DIR     csrc-dir       the installed kernels/csrc (kernel sources
                                                                     and instantiate/ templates; tests point
                                                                     it at a fixture tree)
@@ -60,6 +64,7 @@ class BuildOptions:
     keep_going: bool = False
     dry_run: bool = False
     lineinfo: bool = False
+    sm90_prefill_mainloop: bool = True
     csrc_dir: Path = _default_csrc()
 
     def __post_init__(self) -> None:
@@ -108,6 +113,7 @@ _PARSE = {
     "keep_going": _bool,
     "dry_run": _bool,
     "lineinfo": _bool,
+    "sm90_prefill_mainloop": _bool,
     "csrc_dir": Path,
 }
 _ENV = {
@@ -121,6 +127,7 @@ _ENV = {
     "dist_dir": ("FLASHINFER_BUILD_DIST_DIR",),
     "keep_going": ("FLASHINFER_BUILD_KEEP_GOING",),
     "lineinfo": ("FLASHINFER_BUILD_LINEINFO",),
+    "sm90_prefill_mainloop": ("FLASHINFER_BUILD_SM90_PREFILL_MAINLOOP",),
     "csrc_dir": ("FLASHINFER_BUILD_CSRC_DIR",),
 }
 _PYPROJECT = {
@@ -134,6 +141,7 @@ _PYPROJECT = {
     "dist_dir": ("dist-dir",),
     "keep_going": ("keep-going",),
     "lineinfo": ("lineinfo",),
+    "sm90_prefill_mainloop": ("sm90-prefill-mainloop",),
     "csrc_dir": ("csrc-dir",),
 }
 

@@ -102,3 +102,20 @@ def test_real_templates_include_only_existing_kernel_headers():
         assert set(names) <= found, (
             f"{template.name} includes a header that does not exist: {set(names) - found}"
         )
+
+
+def test_sm90_prefill_mainloop_is_the_default_and_changes_only_sm90a_prefill_sources():
+    """Every sm90a prefill variant but head dim 64 without a mask (slower there, codegen.py says why)."""
+    variants = load_matrix("full")
+    for v in variants:
+        default = render(v, REAL_CSRC)
+        wgmma = render(v, REAL_CSRC, sm90_prefill_mainloop=True)
+        sm80_mainloop = render(v, REAL_CSRC, sm90_prefill_mainloop=False)
+        assert default == wgmma, v.id
+        if v.family == "prefill" and v.arch == "sm90a" and not (v.head_dim == 64 and v.mask == "none"):
+            assert "instantiate/prefill_sm90.cu.in" in wgmma, v.id
+            assert "PrefillKernelSm90" in wgmma, v.id
+            assert f"fib_{v.id}_run" in wgmma and "${" not in wgmma, v.id
+            assert "PrefillKernelSm80" in sm80_mainloop and "PrefillKernelSm90" not in sm80_mainloop, v.id
+        else:
+            assert sm80_mainloop == wgmma, v.id

@@ -97,3 +97,13 @@ def test_unknown_pyproject_keys_are_named(tmp_path):
     path.write_text('[tool.flashinfer-build]\nbuild_dir = "x"\n')
     with pytest.raises(ConfigError, match="unknown .tool.flashinfer-build. keys .'build_dir'."):
         resolve({}, {}, path)
+
+
+def test_sm90_prefill_mainloop_is_on_unless_turned_off(pyproject, tmp_path):
+    assert resolve({}, {}, pyproject).sm90_prefill_mainloop
+    env = {"FLASHINFER_BUILD_SM90_PREFILL_MAINLOOP": "0"}
+    assert not resolve({}, env, pyproject).sm90_prefill_mainloop
+    assert resolve({"sm90_prefill_mainloop": True}, env, pyproject).sm90_prefill_mainloop
+    path = tmp_path / "pyproject.toml"
+    path.write_text("[tool.flashinfer-build]\nsm90-prefill-mainloop = false\n")
+    assert not resolve({}, {}, path).sm90_prefill_mainloop

@@ -43,9 +43,21 @@ struct OnlineSoftmax {
   float row_sum[kRows];  // this thread's share of the running sum; finalize() reduces the quad
 
   // s, o: rowcol views (rows of this thread, columns). s becomes the unnormalised weights P.
-  // Each phase runs over all rows, so the rows' dependency chains interleave.
   template <bool kFirst, class S, class O>
   __device__ __forceinline__ void update(S& s, O& o, float scale_log2) {
+    float factor[kRows];
+    update_scores<kFirst>(s, scale_log2, factor, [&](bool grew) { rescale(o, factor, grew); });
+  }
+
+  // update() with the O rescale left to the caller, for mainloops that rescale O later (once the
+  // MMA that accumulates into it has finished): s becomes P; factor[mi] is what row mi of O must be
+  // scaled by; returns whether any row of the warp grew (factor != 1 somewhere; warp-uniform).
+  // rescale_now(grew) runs where update() rescales O (before the exponentials: keeping that order
+  // keeps the sm80 mainloop's machine code as it was). Each phase runs over all rows, so the rows'
+  // dependency chains interleave.
+  template <bool kFirst, class S, class RescaleNow>
+  __device__ __forceinline__ bool update_scores(S& s, float scale_log2, float (&factor)[kRows],
+                                                RescaleNow&& rescale_now) {
     static_assert(decltype(cute::size<0>(s))::value == kRows, "S must be a rowcol view with kRows rows");
     auto max_op = [](float a, float b) { return fmaxf(a, b); };
     auto sum_op = [](float a, float b) { return a + b; };
@@ -60,24 +72,17 @@ struct OnlineSoftmax {
       // A row with every key masked so far keeps m = -inf: subtract 0 so exp2 gives 0, not NaN.
       m_scaled[mi] = m[mi] == -INFINITY ? 0.f : m[mi] * scale_log2;
     }
+    bool grew = false;
     if constexpr (!kFirst) {
-      float factor[kRows];
-      bool grew = false;
       CUTE_UNROLL
       for (int mi = 0; mi < kRows; ++mi) {
         factor[mi] = fast_exp2(row_max[mi] * scale_log2 - m_scaled[mi]);  // exactly 1 when the max held
         row_sum[mi] *= factor[mi];
         grew |= factor[mi] != 1.f;
       }
-      // Past the first tiles a row's max rarely grows: skip the O rescale when no row of the warp's
-      // grew (a warp-uniform branch).
-      if (__any_sync(0xffffffffu, grew)) {
-        CUTE_UNROLL
-        for (int mi = 0; mi < kRows; ++mi) {
-          CUTE_UNROLL
-          for (int ni = 0; ni < cute::size<1>(o); ++ni) o(mi, ni) *= factor[mi];
-        }
-      }
+      // Past the first tiles a row's max rarely grows: rescale() skips O when no row of the warp grew.
+      grew = __any_sync(0xffffffffu, grew);
+      rescale_now(grew);
     }
     CUTE_UNROLL
     for (int mi = 0; mi < kRows; ++mi) {
@@ -89,6 +94,18 @@ struct OnlineSoftmax {
     for (int mi = 0; mi < kRows; ++mi) {
       const float sum = reduce_row(s(mi, cute::_), sum_op);
       row_sum[mi] = kFirst ? sum : row_sum[mi] + sum;
+    }
+    return grew;
+  }
+
+  // o *= factor row by row, skipped when no row of the warp grew (a warp-uniform branch).
+  template <class O>
+  __device__ __forceinline__ void rescale(O& o, const float (&factor)[kRows], bool grew) {
+    if (!grew) return;
+    CUTE_UNROLL
+    for (int mi = 0; mi < kRows; ++mi) {
+      CUTE_UNROLL
+      for (int ni = 0; ni < cute::size<1>(o); ++ni) o(mi, ni) *= factor[mi];
     }
   }
 
