@@ -82,7 +82,7 @@ struct MainloopFwdSm90 {
   // turns issuing their wgmma (ping-pong, see run()). RoPE rotates K in place with all threads
   // between landing and use, and head dim 256 (two V buffers) releases V only at the end of its
   // step: both keep the barrier-per-step loop.
-  static constexpr bool kDecoupled = kOverlapPV && !kRope;
+  static constexpr bool kDecoupled = !kRope;
   static_assert(kKStages == 2 && kVStages == (kOverlapPV ? 3 : 2) && kTableSlots == 4,
                 "the step below loads tile n - 1 into the K buffer S of tile n + 1 read and into the V "
                 "buffer P V of tile n + 2 (kOverlapPV) or n + 1 read, and writes the row table of tile n - 2");
@@ -281,17 +281,19 @@ struct MainloopFwdSm90 {
       const int ahead = n - 2;
       if (ahead >= 0) table.prefetch(p, t, tile_start(ahead), tid);
 
+      constexpr bool kPendingPV = kOverlapPV && !kFirst;
       Barrier::wait(&smem.k_full[n % 2], phase(n));
-      if constexpr (!kFirst) Barrier::wait(&smem.v_full[(n + 1) % 2], phase(n + 1));
+      if constexpr (kPendingPV) Barrier::wait(&smem.v_full[(n + 1) % 2], phase(n + 1));
       // Other threads' cp.async writes, acquired through the mbarrier, made visible to this thread's
       // wgmma (async proxy); the writers cannot fence after copies that land asynchronously.
       cutlass::arch::fence_view_async_shared();
       named_barrier_sync(1 + wg, kTurnThreads);
       Tensor acc_s = partition_fragment_C(mma_s, Shape<Int<kBlockM>, Int<kBlockN>>{});
       wgmma_issue<false>(mma_s, tSrQ, tSrK(_, _, _, n % kKStages), acc_s);
-      if constexpr (!kFirst) wgmma_issue<true>(mma_o, tOrP, tOrVt(_, _, _, (n + 1) % kVStages), tOrO);
-      named_barrier_arrive(2 - wg, kTurnThreads);
-      warpgroup_wait<kFirst ? 0 : 1>();  // S done; P V of tile n + 1 may still run
+      if constexpr (kPendingPV) wgmma_issue<true>(mma_o, tOrP, tOrVt(_, _, _, (n + 1) % kVStages), tOrO);
+      // Without kOverlapPV this is warpgroup 1's last turn at n == 0: its arrive would stay pending.
+      if (kOverlapPV || wg == 0 || n > 0) named_barrier_arrive(2 - wg, kTurnThreads);
+      warpgroup_wait<kPendingPV ? 1 : 0>();  // S done; P V of tile n + 1 may still run
       warpgroup_fence_operand(acc_s);
       if (ahead >= 0) table.store(p, t, tile_start(ahead), tid, row_table(ahead));
       Barrier::arrive(&smem.k_empty[n % 2]);
@@ -303,18 +305,33 @@ struct MainloopFwdSm90 {
       apply_logits_and_mask<VariantT, kCheck>(p, t, s, tScS, tile_start(n));
       float factor[decltype(size<0>(s))::value];
       const bool grew = softmax.template update_scores<kFirst>(s, scale_log2, factor, [](bool) {});
-      if constexpr (!kFirst) {
+      if constexpr (kPendingPV) {
         keep_before_next_wait(softmax.row_sum, smem.q);
         warpgroup_wait<0>();  // P V of tile n + 1 done: O may be rescaled and P overwritten
         warpgroup_fence_operand(tOrO);
         warpgroup_fence_operand(tOrP);
       }
-      Barrier::arrive(&smem.v_empty[n % 2]);
+      if constexpr (kOverlapPV) Barrier::arrive(&smem.v_empty[n % 2]);
       if constexpr (!kFirst) softmax.rescale(o, factor, grew);
       Tensor rP = convert_fragment<Element>(acc_s);
       CUTE_UNROLL
       for (int i = 0; i < size(rP); ++i) tOrP(i) = rP(i);
-      if (n > 0) {
+      if constexpr (!kOverlapPV) {  // O += P[n] V[n], waited for at once; then V buffer n % 2 is free
+        // V[n - 1] (buffer (n + 1) % 2, free once both warpgroups finished step i - 1) is read in the
+        // middle of the next step: gathered here, a whole step ahead, rather than at the end.
+        if (n > 0) {
+          if constexpr (!kFirst) Barrier::wait(&smem.v_empty[(n + 1) % 2], phase(n + 1));
+          load_v(n - 1);
+        }
+        Barrier::wait(&smem.v_full[n % 2], phase(n));
+        cutlass::arch::fence_view_async_shared();
+        wgmma_issue<true>(mma_o, tOrP, tOrVt(_, _, _, n % kVStages), tOrO);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tOrO);
+        warpgroup_fence_operand(tOrP);
+        Barrier::arrive(&smem.v_empty[n % 2]);
+      }
+      if (kOverlapPV && n > 0) {
         if constexpr (!kFirst) Barrier::wait(&smem.v_empty[(n + 1) % 2], phase(n + 1));
         load_v(n - 1);
       }
@@ -342,6 +359,8 @@ struct MainloopFwdSm90 {
     if constexpr (kDecoupled) {
       if (wg == 1) named_barrier_arrive(1, kTurnThreads);  // warpgroup 0 issues first
       visit_tiles(step_decoupled);
+    }
+    if constexpr (kDecoupled && kOverlapPV) {
       Barrier::wait(&smem.v_full[0], phase(0));
       cutlass::arch::fence_view_async_shared();
       named_barrier_sync(1 + wg, kTurnThreads);
@@ -350,7 +369,8 @@ struct MainloopFwdSm90 {
       if (wg == 0) named_barrier_arrive(2, kTurnThreads);
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
-    } else {
+    }
+    if constexpr (!kDecoupled) {
       visit_tiles(step);
       if constexpr (kOverlapPV) {
         wgmma_issue<true>(mma_o, tOrP, tOrVt(_, _, _, 0), tOrO);  // P V of tile 0 (V buffer 0 % 3)
