@@ -80,8 +80,7 @@ struct MainloopFwdSm90 {
   static constexpr bool kOverlapPV = Traits::kOverlapPV;
   // The two warpgroups synchronise through mbarriers instead of a __syncthreads a step and take
   // turns issuing their wgmma (ping-pong, see run()). RoPE rotates K in place with all threads
-  // between landing and use, and head dim 256 (two V buffers) releases V only at the end of its
-  // step: both keep the barrier-per-step loop.
+  // between landing and use (a CTA-wide step again): it keeps the barrier-per-step loop.
   static constexpr bool kDecoupled = !kRope;
   static_assert(kKStages == 2 && kVStages == (kOverlapPV ? 3 : 2) && kTableSlots == 4,
                 "the step below loads tile n - 1 into the K buffer S of tile n + 1 read and into the V "
@@ -98,7 +97,8 @@ struct MainloopFwdSm90 {
 
   // Key tiles are visited last to first (as in MainloopFwdSm80: checked tiles first, then one loop
   // without mask code). K[n] sits in K buffer n % 2, V[n] in V buffer n % kVStages; row tables are
-  // written two steps ahead. Step n, per warpgroup, with kOverlapPV (P V of tile n + 1 runs on the
+  // written two steps ahead. The barrier-per-step loop (RoPE variants; kDecoupled below for the
+  // others): step n, per warpgroup, with kOverlapPV (P V of tile n + 1 runs on the
   // tensor cores while the softmax of tile n runs on the other units, FlashAttention-3's
   // intra-warpgroup overlap):
   //   wait K[n], V[n] | fence, barrier | issue K[n - 1], V[n - 1] | issue S = Q K[n]^T |
@@ -259,11 +259,11 @@ struct MainloopFwdSm90 {
         warpgroup_fence_operand(tOrP);
       }
     };
-    // The decoupled step n (kDecoupled), per warpgroup w; i = the step index, tile n:
-    //   wait K[n] full, V[n + 1] full | proxy fence | bar.sync turn(w) | issue S = Q K[n]^T, O += P[n + 1] V[n + 1] |
-    //   bar.arrive turn(1 - w) | wait S | row table of n - 2 | arrive K-empty(i) | wait K-empty(i - 1) |
-    //   gather K[n - 1] | mask, softmax of S | wait P V | arrive V-empty(i) | O *= factors, P[n] |
-    //   wait V-empty(i - 1) | gather V[n - 1]
+    // The decoupled step n (kDecoupled), per warpgroup w; i = the step index, tile n. With kOverlapPV:
+    //   wait K[n] full, V[n + 1] full | proxy fence | bar.sync turn(w) | issue S = Q K[n]^T and
+    //   O += P[n + 1] V[n + 1] | bar.arrive turn(1 - w) | wait S | row table of n - 2 |
+    //   arrive K-empty(i) | wait K-empty(i - 1) | gather K[n - 1] | mask, softmax of S | wait P V |
+    //   arrive V-empty(i) | O *= factors, P[n] | wait V-empty(i - 1) | gather V[n - 1]
     // K-empty(i): every thread has waited for S of tile n (K buffer n % 2) and stored the row table of
     // n - 2; V-empty(i): every thread has waited for P V of tile n + 1 (V buffer (n + 1) % 3). So K[n - 1]
     // (buffer (n + 1) % 2) and V[n - 1] (buffer (n + 2) % 3) wait for the previous step's empties;
@@ -272,7 +272,12 @@ struct MainloopFwdSm90 {
     // in step i - 1. The turn barriers make the warpgroups issue their wgmma alternately, so that one
     // runs its softmax while the tensor cores run the other's S and P V (FlashAttention-3's
     // ping-pong); K[n - 1] goes out after S (its buffer's last readers are then done), V[n - 1] at the
-    // end (it is read only in step i + 2).
+    // end (it is read only in step i + 2). Without kOverlapPV (head dim 256, two V buffers) only S
+    // takes turns; after P[n]: wait V-empty(i - 1) | gather V[n - 1] | wait V[n] full | O += P[n] V[n],
+    // waited for | arrive V-empty(i) (V buffer n % 2 free). Two slots per mbarrier suffice: a thread
+    // arrives on a slot for step i (tile n - 1 for the full ones) only after waiting for an empty
+    // phase that every thread reached after its last wait on that slot, so no barrier gets two
+    // phases ahead of a thread still waiting on it.
     const int wg = tid / cutlass::NumThreadsPerWarpGroup;
     constexpr int kTurnThreads = 2 * cutlass::NumThreadsPerWarpGroup;
     auto step_decoupled = [&](int n, auto check, auto first) __attribute__((always_inline)) {
