@@ -30,11 +30,13 @@ struct Sm90Traits {
   // K/V tile) has room for two only, and runs P V of each step to its end instead.
   static constexpr int kKStages = 2;
   static constexpr int kTileBytes = BlockN * HeadDim * int(sizeof(Element));
-  static constexpr int kTablesBytes = 4 * 1024;  // row tables, RoPE table, 1 KB alignment: an upper bound
+  static constexpr int kTablesBytes = 6 * 1024;  // row tables, RoPE table, mbarriers, 1 KB alignment: an upper bound
   static constexpr bool kOverlapPV = kBlockM * HeadDim * int(sizeof(Element)) + (kKStages + 3) * kTileBytes +
                                          kTablesBytes <= 227 * 1024;
   static constexpr int kVStages = kOverlapPV ? 3 : 2;
-  static constexpr int kTableSlots = 3;  // row tables: one read, one written, one spare
+  // Row tables: the one being read, the one written, and two spares, so that the decoupled loop
+  // (mainloop_fwd_sm90.cuh) reuses a slot only after an mbarrier phase that every reader arrived on.
+  static constexpr int kTableSlots = 4;
   static constexpr int kVecElems = 16 / sizeof(Element);  // one 16-byte cp.async
   static constexpr int kSwizzleRowElems = 64;             // 128-byte rows of the SW128 atom
 
@@ -93,6 +95,9 @@ struct Sm90Traits {
     alignas(1024) Element v[cute::cosize_v<SmemLayoutVStages>];
     alignas(16) int64_t kv_row_offset[kTableSlots][kBlockN];  // row tables of pending tiles (KvRowTable)
     RopePair rope[kHeadDim / 2];
+    // mbarriers of the decoupled loop (MainloopFwdSm90::kDecoupled): K/V tile landed ("full") and
+    // K/V buffer released by every thread ("empty"), two phases in flight each.
+    alignas(8) uint64_t k_full[2], v_full[2], k_empty[2], v_empty[2];
   };
 };
 

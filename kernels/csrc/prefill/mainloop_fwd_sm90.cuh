@@ -56,6 +56,15 @@ __device__ __forceinline__ void keep_before_next_wait(const float (&values)[N], 
       : "memory");
 }
 
+// Named barriers of the ping-pong (ids 1 and 2; __syncthreads is 0): warpgroup w waits on barrier
+// 1 + w for its turn to issue wgmma, the other warpgroup arrives on it after issuing its own.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 template <class Traits, class VariantT>
 struct MainloopFwdSm90 {
   using Element = typename Traits::Element;
@@ -69,7 +78,11 @@ struct MainloopFwdSm90 {
   static constexpr bool kRope = VariantT::kPos == PosEncoding::kRope;
   static constexpr bool kMaskHasLeftEdge = VariantT::kMask == MaskMode::kSlidingWindow;
   static constexpr bool kOverlapPV = Traits::kOverlapPV;
-  static_assert(kKStages == 2 && kVStages == (kOverlapPV ? 3 : 2) && kTableSlots == 3,
+  // The two warpgroups synchronise through mbarriers instead of a __syncthreads a step and take
+  // turns issuing their wgmma (ping-pong, see run()). RoPE rotates K in place with all threads
+  // between landing and use (a CTA-wide step again): it keeps the barrier-per-step loop.
+  static constexpr bool kDecoupled = !kRope;
+  static_assert(kKStages == 2 && kVStages == (kOverlapPV ? 3 : 2) && kTableSlots == 4,
                 "the step below loads tile n - 1 into the K buffer S of tile n + 1 read and into the V "
                 "buffer P V of tile n + 2 (kOverlapPV) or n + 1 read, and writes the row table of tile n - 2");
 
@@ -84,7 +97,8 @@ struct MainloopFwdSm90 {
 
   // Key tiles are visited last to first (as in MainloopFwdSm80: checked tiles first, then one loop
   // without mask code). K[n] sits in K buffer n % 2, V[n] in V buffer n % kVStages; row tables are
-  // written two steps ahead. Step n, per warpgroup, with kOverlapPV (P V of tile n + 1 runs on the
+  // written two steps ahead. The barrier-per-step loop (RoPE variants; kDecoupled below for the
+  // others): step n, per warpgroup, with kOverlapPV (P V of tile n + 1 runs on the
   // tensor cores while the softmax of tile n runs on the other units, FlashAttention-3's
   // intra-warpgroup overlap):
   //   wait K[n], V[n] | fence, barrier | issue K[n - 1], V[n - 1] | issue S = Q K[n]^T |
@@ -116,11 +130,39 @@ struct MainloopFwdSm90 {
       fib::cp_async_commit();
     };
 
+    using Barrier = cutlass::arch::ClusterBarrier;
+    // Decoupled loop: the phase of tile (or step) n's use of mbarrier slot n % 2 (tiles are visited
+    // last to first, so slot n % 2 sees tiles n0, n0 - 2, ...).
+    auto phase = [&](int n) { return uint32_t((num_tiles - 1 - n) >> 1) & 1u; };
+    // Every thread's copies of a K (V) tile arrive on its full barrier when they land: no thread
+    // waits for its own copies, and the consumer warpgroups wait only for what they read.
+    auto load_k = [&](int n) {
+      Tensor sKn = sK(_, _, n % kKStages);
+      load_kv_tile<Traits>(k, row_table(n), t.kv_hi - tile_start(n), sKn, tid);
+      cutlass::arch::cpasync_barrier_arrive_noinc(&smem.k_full[n % 2]);
+    };
+    auto load_v = [&](int n) {
+      Tensor sVn = sV(_, _, n % kVStages);
+      load_kv_tile<Traits>(v, row_table(n), t.kv_hi - tile_start(n), sVn, tid);
+      cutlass::arch::cpasync_barrier_arrive_noinc(&smem.v_full[n % 2]);
+    };
+
     load_q_tile<Traits>(p, t, sQ, tid);
     fib::cp_async_commit();
     if (num_tiles == 0) {
       fib::cp_async_wait<0>();
       return;
+    }
+    if constexpr (kDecoupled) {
+      if (tid == 0) {
+        for (int i = 0; i < 2; ++i) {
+          Barrier::init(&smem.k_full[i], Traits::kThreads);  // one noinc arrive per thread and tile
+          Barrier::init(&smem.v_full[i], Traits::kThreads);
+          Barrier::init(&smem.k_empty[i], Traits::kThreads);  // one arrive per thread and step
+          Barrier::init(&smem.v_empty[i], Traits::kThreads);
+        }
+        cutlass::arch::fence_barrier_init();
+      }
     }
     if constexpr (kRope) RopeTile<Traits>::fill(p, smem.rope, tid);
     KvRowTable<Traits> table;
@@ -132,8 +174,15 @@ struct MainloopFwdSm90 {
         table.store(p, t, tile_start(n), tid, row_table(n));
       }
     }
-    __syncthreads();
-    load_kv(num_tiles - 1);
+    __syncthreads();  // row tables (and the decoupled loop's mbarriers) ready
+    if constexpr (kDecoupled) {
+      load_k(num_tiles - 1);
+      load_v(num_tiles - 1);
+      fib::cp_async_wait<0>();  // Q (the K/V copies are in no commit group: only their mbarriers track them)
+      publish_smem_writes();
+    } else {
+      load_kv(num_tiles - 1);
+    }
     if constexpr (kRope) {
       fib::cp_async_wait<1>();  // Q has landed; K/V may still be in flight
       __syncthreads();
@@ -210,6 +259,88 @@ struct MainloopFwdSm90 {
         warpgroup_fence_operand(tOrP);
       }
     };
+    // The decoupled step n (kDecoupled), per warpgroup w; i = the step index, tile n. With kOverlapPV:
+    //   wait K[n] full, V[n + 1] full | proxy fence | bar.sync turn(w) | issue S = Q K[n]^T and
+    //   O += P[n + 1] V[n + 1] | bar.arrive turn(1 - w) | wait S | row table of n - 2 |
+    //   arrive K-empty(i) | wait K-empty(i - 1) | gather K[n - 1] | mask, softmax of S | wait P V |
+    //   arrive V-empty(i) | O *= factors, P[n] | wait V-empty(i - 1) | gather V[n - 1]
+    // K-empty(i): every thread has waited for S of tile n (K buffer n % 2) and stored the row table of
+    // n - 2; V-empty(i): every thread has waited for P V of tile n + 1 (V buffer (n + 1) % 3). So K[n - 1]
+    // (buffer (n + 1) % 2) and V[n - 1] (buffer (n + 2) % 3) wait for the previous step's empties;
+    // row_table(n - 1) was stored before K-empty(i - 1), and the slot that tile n - 2's table takes
+    // ((n + 2) % 4) was last read in step i - 3, before K-empty(i - 2), which this thread waited for
+    // in step i - 1. The turn barriers make the warpgroups issue their wgmma alternately, so that one
+    // runs its softmax while the tensor cores run the other's S and P V (FlashAttention-3's
+    // ping-pong); K[n - 1] goes out after S (its buffer's last readers are then done), V[n - 1] at the
+    // end (it is read only in step i + 2). Without kOverlapPV (head dim 256, two V buffers) only S
+    // takes turns; after P[n]: wait V-empty(i - 1) | gather V[n - 1] | wait V[n] full | O += P[n] V[n],
+    // waited for | arrive V-empty(i) (V buffer n % 2 free). Two slots per mbarrier suffice: a thread
+    // arrives on a slot for step i (tile n - 1 for the full ones) only after waiting for an empty
+    // phase that every thread reached after its last wait on that slot, so no barrier gets two
+    // phases ahead of a thread still waiting on it.
+    const int wg = tid / cutlass::NumThreadsPerWarpGroup;
+    constexpr int kTurnThreads = 2 * cutlass::NumThreadsPerWarpGroup;
+    auto step_decoupled = [&](int n, auto check, auto first) __attribute__((always_inline)) {
+      constexpr bool kCheck = decltype(check)::value;
+      constexpr bool kFirst = decltype(first)::value;
+      const int ahead = n - 2;
+      if (ahead >= 0) table.prefetch(p, t, tile_start(ahead), tid);
+
+      constexpr bool kPendingPV = kOverlapPV && !kFirst;
+      Barrier::wait(&smem.k_full[n % 2], phase(n));
+      if constexpr (kPendingPV) Barrier::wait(&smem.v_full[(n + 1) % 2], phase(n + 1));
+      // Other threads' cp.async writes, acquired through the mbarrier, made visible to this thread's
+      // wgmma (async proxy); the writers cannot fence after copies that land asynchronously.
+      cutlass::arch::fence_view_async_shared();
+      named_barrier_sync(1 + wg, kTurnThreads);
+      Tensor acc_s = partition_fragment_C(mma_s, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      wgmma_issue<false>(mma_s, tSrQ, tSrK(_, _, _, n % kKStages), acc_s);
+      if constexpr (kPendingPV) wgmma_issue<true>(mma_o, tOrP, tOrVt(_, _, _, (n + 1) % kVStages), tOrO);
+      // Without kOverlapPV this is warpgroup 1's last turn at n == 0: its arrive would stay pending.
+      if (kOverlapPV || wg == 0 || n > 0) named_barrier_arrive(2 - wg, kTurnThreads);
+      warpgroup_wait<kPendingPV ? 1 : 0>();  // S done; P V of tile n + 1 may still run
+      warpgroup_fence_operand(acc_s);
+      if (ahead >= 0) table.store(p, t, tile_start(ahead), tid, row_table(ahead));
+      Barrier::arrive(&smem.k_empty[n % 2]);
+      if (n > 0) {
+        if constexpr (!kFirst) Barrier::wait(&smem.k_empty[(n + 1) % 2], phase(n + 1));
+        load_k(n - 1);
+      }
+      Tensor s = rowcol_view(acc_s);
+      apply_logits_and_mask<VariantT, kCheck>(p, t, s, tScS, tile_start(n));
+      float factor[decltype(size<0>(s))::value];
+      const bool grew = softmax.template update_scores<kFirst>(s, scale_log2, factor, [](bool) {});
+      if constexpr (kPendingPV) {
+        keep_before_next_wait(softmax.row_sum, smem.q);
+        warpgroup_wait<0>();  // P V of tile n + 1 done: O may be rescaled and P overwritten
+        warpgroup_fence_operand(tOrO);
+        warpgroup_fence_operand(tOrP);
+      }
+      if constexpr (kOverlapPV) Barrier::arrive(&smem.v_empty[n % 2]);
+      if constexpr (!kFirst) softmax.rescale(o, factor, grew);
+      Tensor rP = convert_fragment<Element>(acc_s);
+      CUTE_UNROLL
+      for (int i = 0; i < size(rP); ++i) tOrP(i) = rP(i);
+      if constexpr (!kOverlapPV) {  // O += P[n] V[n], waited for at once; then V buffer n % 2 is free
+        // V[n - 1] (buffer (n + 1) % 2, free once both warpgroups finished step i - 1) is read in the
+        // middle of the next step: gathered here, a whole step ahead, rather than at the end.
+        if (n > 0) {
+          if constexpr (!kFirst) Barrier::wait(&smem.v_empty[(n + 1) % 2], phase(n + 1));
+          load_v(n - 1);
+        }
+        Barrier::wait(&smem.v_full[n % 2], phase(n));
+        cutlass::arch::fence_view_async_shared();
+        wgmma_issue<true>(mma_o, tOrP, tOrVt(_, _, _, n % kVStages), tOrO);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tOrO);
+        warpgroup_fence_operand(tOrP);
+        Barrier::arrive(&smem.v_empty[n % 2]);
+      }
+      if (kOverlapPV && n > 0) {
+        if constexpr (!kFirst) Barrier::wait(&smem.v_empty[(n + 1) % 2], phase(n + 1));
+        load_v(n - 1);
+      }
+    };
     auto needs_check = [&](int n) {
       return tile_start(n) + kBlockN > t.kv_hi ||
              !VariantT::tile_fully_visible(p, t.ctx, t.first_token, t.last_token, tile_start(n),
@@ -218,20 +349,39 @@ struct MainloopFwdSm90 {
     using Yes = cute::true_type;
     using No = cute::false_type;
 
-    int n = num_tiles - 1;
-    step(n, Yes{}, Yes{});
-    CUTE_NO_UNROLL
-    for (--n; n >= 0 && needs_check(n); --n) step(n, Yes{}, No{});
-    CUTE_NO_UNROLL
-    for (; n >= 0 && !needs_check(n); --n) step(n, No{}, No{});
-    if constexpr (kMaskHasLeftEdge) {
+    auto visit_tiles = [&](auto&& one_step) __attribute__((always_inline)) {
+      int n = num_tiles - 1;
+      one_step(n, Yes{}, Yes{});
       CUTE_NO_UNROLL
-      for (; n >= 0; --n) step(n, Yes{}, No{});
+      for (--n; n >= 0 && needs_check(n); --n) one_step(n, Yes{}, No{});
+      CUTE_NO_UNROLL
+      for (; n >= 0 && !needs_check(n); --n) one_step(n, No{}, No{});
+      if constexpr (kMaskHasLeftEdge) {
+        CUTE_NO_UNROLL
+        for (; n >= 0; --n) one_step(n, Yes{}, No{});
+      }
+    };
+    if constexpr (kDecoupled) {
+      if (wg == 1) named_barrier_arrive(1, kTurnThreads);  // warpgroup 0 issues first
+      visit_tiles(step_decoupled);
     }
-    if constexpr (kOverlapPV) {
+    if constexpr (kDecoupled && kOverlapPV) {
+      Barrier::wait(&smem.v_full[0], phase(0));
+      cutlass::arch::fence_view_async_shared();
+      named_barrier_sync(1 + wg, kTurnThreads);
       wgmma_issue<true>(mma_o, tOrP, tOrVt(_, _, _, 0), tOrO);  // P V of tile 0 (V buffer 0 % 3)
+      // Warpgroup 1 issues last: an arrive of its own would be left pending on warpgroup 0's barrier.
+      if (wg == 0) named_barrier_arrive(2, kTurnThreads);
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
+    }
+    if constexpr (!kDecoupled) {
+      visit_tiles(step);
+      if constexpr (kOverlapPV) {
+        wgmma_issue<true>(mma_o, tOrP, tOrVt(_, _, _, 0), tOrO);  // P V of tile 0 (V buffer 0 % 3)
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tOrO);
+      }
     }
   }
 };
