@@ -99,6 +99,7 @@ struct Sm90Traits {
     // K/V buffer released by every thread ("empty"), two phases in flight each.
     alignas(8) uint64_t k_full[2], v_full[2], k_empty[2], v_empty[2];
   };
+  static_assert(sizeof(SharedStorage) <= 227 * 1024, "more shared memory than an sm90 CTA may have (227 KB)");
 };
 
 // Head dim 64 and 128: 128 keys a step (S is 64 fp32 registers a thread, O 32 or 64); head dim 256:

@@ -1,5 +1,6 @@
 // Prefill layer (device launch): the host side of one compiled variant: shared-memory opt-in,
-// grid shape, occupancy report. Called by the extern "C" entry points in instantiate/prefill.cu.in.
+// grid shape, occupancy report. Called by the extern "C" entry points in instantiate/prefill.cu.in
+// (and prefill_sm90.cu.in, through launch_sm90.cuh).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,10 +11,10 @@
 
 namespace fib::prefill {
 
-template <class Traits, class VariantT>
-struct PrefillKernelSm80 {
+// kKernel: a prefill kernel instantiated for Traits (kernel_fwd_sm80.cuh, kernel_fwd_sm90.cuh).
+template <class Traits, auto kKernel>
+struct PrefillLaunch {
   static constexpr int kSmemBytes = int(sizeof(typename Traits::SharedStorage));
-  static constexpr auto kKernel = &prefill_fwd_sm80_kernel<Traits, VariantT>;
 
   // Grid (num_work, num_kv_heads): see tile_scheduler.cuh.
   static int run(const fib_attention_params* params, void* stream) {
@@ -31,5 +32,8 @@ struct PrefillKernelSm80 {
     return fib::fill_kernel_info<kKernel>(info, Traits::kThreads, kSmemBytes, Traits::kBlockM, Traits::kBlockN);
   }
 };
+
+template <class Traits, class VariantT>
+using PrefillKernelSm80 = PrefillLaunch<Traits, &prefill_fwd_sm80_kernel<Traits, VariantT>>;
 
 }  // namespace fib::prefill
