@@ -7,35 +7,12 @@ GPU (tests/gpu/test_prefill.py); this finds it without one."""
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import pytest
-from flashinfer_build.wheelbuild.build import COMMON_FLAGS
 
 pytestmark = pytest.mark.nvcc
-SOURCE = Path(__file__).resolve().parent / "fixtures" / "host" / "sm90_smem_layouts.cu"
-CSRC = Path(__file__).resolve().parents[2] / "kernels" / "csrc"
 
 
-def test_sm90_layouts_match_the_sm80_gathers_and_the_wgmma_fragments(toolchain, tmp_path):
-    exe = tmp_path / "sm90_smem_layouts"
-    compile_cmd = [
-        str(toolchain.nvcc),
-        *COMMON_FLAGS,
-        "-cudart",
-        "static",
-        *(f"-L{d}" for d in toolchain.link_dirs),
-        "-I",
-        str(CSRC),
-        "-I",
-        str(toolchain.cutlass_include),
-        str(SOURCE),
-        "-o",
-        str(exe),
-    ]
-    built = subprocess.run(compile_cmd, capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True)
+def test_sm90_layouts_match_the_sm80_gathers_and_the_wgmma_fragments(run_host_check):
+    run = run_host_check("sm90_smem_layouts")
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.count(": 0 violation(s)") == 4, run.stdout
