@@ -123,73 +123,31 @@ def test_wrapper_plan_on_host_seams_packs_the_scheduler_plan(host_seams):
 
 
 def test_wrapper_plan_errors_are_the_same_on_both_paths(host_seams):
+    def plan(wrapper, indptr, indices, last, **kw):  # 32 / 8 heads, head dim 128, page size 16
+        return wrapper.plan(indptr, indices, last, 32, 8, 128, 16, **kw)
+
     ws = aligned_workspace(1 << 24)
     w = wrappers.BatchDecodeWrapper(ws, use_cuda_graph=True, max_batch_size=4, max_num_pages=8)
     last = torch.ones(5, dtype=torch.int32)
     with pytest.raises(ValueError, match="batch size 5 exceeds the wrapper's max batch size 4"):
-        w.plan(torch.arange(6, dtype=torch.int32), torch.arange(5, dtype=torch.int32), last, 32, 8, 128, 16)
+        plan(w, torch.arange(6, dtype=torch.int32), torch.arange(5, dtype=torch.int32), last)
     with pytest.raises(InvalidArgument, match="9 kv_indices exceed the wrapper's max_num_pages 8"):
-        w.plan(
-            torch.arange(5, dtype=torch.int32), torch.arange(9, dtype=torch.int32), last[:4], 32, 8, 128, 16
-        )
+        plan(w, torch.arange(5, dtype=torch.int32), torch.arange(9, dtype=torch.int32), last[:4])
     with pytest.raises(InvalidArgument, match="kv_indptr must be non-decreasing"):
-        w.plan(
-            torch.tensor([0, 2, 1], dtype=torch.int32),
-            torch.arange(5, dtype=torch.int32),
-            last[:2],
-            32,
-            8,
-            128,
-            16,
-        )
+        plan(w, torch.tensor([0, 2, 1], dtype=torch.int32), torch.arange(5, dtype=torch.int32), last[:2])
     with pytest.raises(InvalidArgument, match=r"kv_last_page_len must lie in \[1, page_size = 16\]"):
-        w.plan(
-            torch.tensor([0, 2, 3], dtype=torch.int32),
-            torch.arange(5, dtype=torch.int32),
-            last[:2] * 17,
-            32,
-            8,
-            128,
-            16,
-        )
+        plan(w, torch.tensor([0, 2, 3], dtype=torch.int32), torch.arange(5, dtype=torch.int32), last[:2] * 17)
     # two problems at once: the index arrays' is reported first, as the Python path always did
     small = wrappers.BatchDecodeWrapper(aligned_workspace(1 << 20))
     with pytest.raises(InvalidArgument, match="kv_last_page_len must lie in"):
-        small.plan(
-            torch.arange(5, dtype=torch.int32),
-            torch.arange(5, dtype=torch.int32),
-            last[:4] * 0,
-            32,
-            8,
-            128,
-            16,
-        )
+        plan(small, torch.arange(5, dtype=torch.int32), torch.arange(5, dtype=torch.int32), last[:4] * 0)
     with pytest.raises(InvalidArgument, match="kv_indptr must be non-decreasing"):
-        w.plan(
-            torch.tensor([0, 2, 1], dtype=torch.int32),
-            torch.arange(9, dtype=torch.int32),
-            last[:2],
-            32,
-            8,
-            128,
-            16,
-        )
+        plan(w, torch.tensor([0, 2, 1], dtype=torch.int32), torch.arange(9, dtype=torch.int32), last[:2])
     with pytest.raises(InvalidArgument, match="kv_indptr must be non-decreasing"):
-        w.plan(
-            torch.tensor([0, 2, 1], dtype=torch.int32),
-            torch.arange(5),
-            last[:2],
-            32,
-            8,
-            128,
-            16,
-            window_left=5,
-        )
+        plan(w, torch.tensor([0, 2, 1], dtype=torch.int32), torch.arange(5), last[:2], window_left=5)
     small = wrappers.BatchDecodeWrapper(aligned_workspace(256))
     with pytest.raises(InvalidArgument, match="workspace holds 256 bytes but this batch needs"):
-        small.plan(
-            torch.arange(5, dtype=torch.int32), torch.arange(9, dtype=torch.int32), last[:4], 32, 8, 128, 16
-        )
+        plan(small, torch.arange(5, dtype=torch.int32), torch.arange(9, dtype=torch.int32), last[:4])
 
 
 def test_graph_wrapper_plans_pad_to_the_bounds(host_seams):
